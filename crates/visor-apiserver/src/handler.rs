@@ -1,0 +1,420 @@
+//! From an HTTP request to a response: authentication check, content negotiation, routing to
+//! discovery or to the registry's verbs, and encoding the result.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::{Value, json};
+
+use crate::auth::Identity;
+use crate::discovery;
+use crate::errors::{ApiError, ApiResult};
+use crate::kinds::{ResourceDef, Subresource};
+use crate::patch;
+use crate::registry::{DeleteOptions, ListResult, Registry, Scope, decode_body};
+use crate::request::{Query, ResourcePath, Target, parse_path};
+use crate::table::{self, IncludeObject};
+use crate::watch::{self, WatchFormat};
+
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Upstream's limit on request bodies.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+const JSON: &str = "application/json";
+const TABLE_TYPE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
+
+/// What the server knows about itself that responses mention.
+pub struct ServerInfo {
+    pub address: String,
+}
+
+pub struct Handler {
+    pub registry: Arc<Registry>,
+    pub info: ServerInfo,
+    pub health: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>,
+}
+
+/// The response format a client asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Json,
+    Yaml,
+    Table(IncludeObject),
+    Discovery(&'static str),
+}
+
+/// Picks the first acceptable media type of an Accept header, in the client's order.
+fn negotiate(accept: Option<&str>, discovery_allowed: bool, include: IncludeObject) -> ApiResult<Format> {
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else { return Ok(Format::Json) };
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("").to_ascii_lowercase();
+        let mut as_kind = None;
+        let mut version = None;
+        let mut group = None;
+        for p in parts {
+            match p.split_once('=') {
+                Some(("as", v)) => as_kind = Some(v),
+                Some(("v", v)) => version = Some(v),
+                Some(("g", v)) => group = Some(v),
+                _ => {}
+            }
+        }
+        match (media.as_str(), as_kind) {
+            ("application/json", Some("Table")) if group == Some("meta.k8s.io") && version == Some("v1") => {
+                return Ok(Format::Table(include));
+            }
+            ("application/json", Some("APIGroupDiscoveryList")) if discovery_allowed && group == Some("apidiscovery.k8s.io") => {
+                match version {
+                    Some("v2") => return Ok(Format::Discovery("v2")),
+                    Some("v2beta1") => return Ok(Format::Discovery("v2beta1")),
+                    _ => {}
+                }
+            }
+            ("application/json" | "*/*" | "application/*", None) => return Ok(Format::Json),
+            ("application/yaml", None) => return Ok(Format::Yaml),
+            _ => {}
+        }
+    }
+    Err(ApiError::not_acceptable(accept))
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn respond(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static(JSON)));
+    response
+}
+
+pub fn error_response(err: &ApiError) -> Response<Body> {
+    respond(err.code, JSON, serde_json::to_vec(&err.status()).expect("JSON serialises"))
+}
+
+fn encode(status: u16, format: Format, value: &Value) -> Response<Body> {
+    match format {
+        Format::Yaml => match serde_saphyr::to_string(value) {
+            Ok(text) => respond(status, "application/yaml", text),
+            Err(e) => error_response(&ApiError::internal(format!("encoding YAML: {e}"))),
+        },
+        _ => respond(status, JSON, serde_json::to_vec(value).expect("JSON serialises")),
+    }
+}
+
+fn status_success(details: Value) -> Value {
+    json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details })
+}
+
+impl Handler {
+    pub async fn handle(&self, request: Request<Incoming>, identity: Option<Identity>) -> Response<Body> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        let started = std::time::Instant::now();
+        let response = match self.route(request, identity).await {
+            Ok(response) => response,
+            Err(err) => error_response(&err),
+        };
+        tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+        response
+    }
+
+    async fn route(&self, request: Request<Incoming>, identity: Option<Identity>) -> ApiResult<Response<Body>> {
+        let path = request.uri().path().to_string();
+        match (request.method(), path.as_str()) {
+            (&Method::GET, "/healthz" | "/livez" | "/readyz") => return Ok(self.health(&path, request.uri().query()).await),
+            (&Method::GET, p) if p.starts_with("/healthz/") || p.starts_with("/livez/") || p.starts_with("/readyz/") => {
+                return Ok(self.health(&path, request.uri().query()).await);
+            }
+            (&Method::GET, "/version") => return Ok(encode(200, Format::Json, &version())),
+            _ => {}
+        }
+        if identity.is_none() {
+            return Err(ApiError::unauthorized());
+        }
+        let query = Query::parse(request.uri().query())?;
+        let include = IncludeObject::parse(query.include_object.as_deref()).map_err(ApiError::bad_request)?;
+        let accept = request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let target = parse_path(&path)?;
+        let discovery_allowed = matches!(target, Target::LegacyVersions | Target::Groups);
+        let format = negotiate(accept.as_deref(), discovery_allowed, include)?;
+        match target {
+            Target::LegacyVersions | Target::Groups | Target::Group(_) | Target::ResourceList { .. } => {
+                if request.method() != Method::GET {
+                    return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({} {path})", request.method())));
+                }
+                self.discovery(target, format)
+            }
+            Target::Resource(resource) => self.resource(request, resource, query, format).await,
+        }
+    }
+
+    async fn health(&self, path: &str, query: Option<&str>) -> Response<Body> {
+        let verbose = query.is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
+        let store = (self.health)().await;
+        let name = path.trim_start_matches('/').split('/').next().unwrap_or("healthz");
+        let checks = [("ping", Ok(())), ("etcd", store.clone()), ("informer-sync", Ok(()))];
+        let failed = checks.iter().any(|(_, r)| r.is_err());
+        let mut text = String::new();
+        if verbose || failed {
+            for (check, result) in &checks {
+                match result {
+                    Ok(()) => text.push_str(&format!("[+]{check} ok\n")),
+                    Err(e) => text.push_str(&format!("[-]{check} failed: {e}\n")),
+                }
+            }
+            text.push_str(&format!("{name} check {}\n", if failed { "failed" } else { "passed" }));
+        } else {
+            text.push_str("ok");
+        }
+        respond(if failed { 500 } else { 200 }, "text/plain; charset=utf-8", text)
+    }
+
+    fn discovery(&self, target: Target, format: Format) -> ApiResult<Response<Body>> {
+        let catalog = &self.registry.catalog;
+        let value = match (&target, format) {
+            (Target::LegacyVersions | Target::Groups, Format::Discovery(version)) => {
+                let legacy = target == Target::LegacyVersions;
+                let api_version = format!("apidiscovery.k8s.io/{version}");
+                let value = discovery::aggregated(catalog, legacy, &api_version);
+                let content_type = format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList");
+                return Ok(respond(200, &content_type, serde_json::to_vec(&value).expect("JSON serialises")));
+            }
+            (Target::LegacyVersions, _) => discovery::legacy_versions(&self.info.address),
+            (Target::Groups, _) => discovery::group_list(catalog),
+            (Target::Group(g), _) => discovery::group(catalog, g).ok_or_else(ApiError::no_route)?,
+            (Target::ResourceList { group, version }, _) => {
+                discovery::resource_list(catalog, group, version).ok_or_else(ApiError::no_route)?
+            }
+            (Target::Resource(_), _) => return Err(ApiError::no_route()),
+        };
+        Ok(encode(200, format, &value))
+    }
+
+    async fn resource(&self, request: Request<Incoming>, path: ResourcePath, query: Query, format: Format) -> ApiResult<Response<Body>> {
+        let registry = &self.registry;
+        let def = registry
+            .catalog
+            .lookup(&path.group, &path.version, &path.resource)
+            .ok_or_else(ApiError::no_route)?;
+        if path.namespace.is_some() && !def.namespaced {
+            return Err(ApiError::no_route());
+        }
+        let subresource = match path.subresource.as_deref() {
+            None => None,
+            Some(name) => Some(
+                Subresource::from_name(name)
+                    .filter(|s| def.has(*s))
+                    .ok_or_else(ApiError::no_route)?,
+            ),
+        };
+        let scope = Scope { def: def.clone(), namespace: path.namespace.clone() };
+        let method = request.method().clone();
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let name = path.name.clone();
+        if path.legacy_watch && (method != Method::GET || name.is_some()) {
+            return Err(ApiError::no_route());
+        }
+        match (method, name, subresource) {
+            (Method::GET, None, None) if query.watch || path.legacy_watch => self.watch(scope, &query, format).await,
+            (Method::GET, None, None) => {
+                let list = registry.list(&scope, &query).await?;
+                self.list_response(&def, list, format)
+            }
+            (Method::GET, Some(name), None | Some(Subresource::Status)) => {
+                let bytes = registry.get(&scope, &name, &query).await?;
+                self.object_response(200, &def, bytes, format)
+            }
+            (Method::GET, Some(name), Some(Subresource::Scale)) => {
+                let bytes = registry.get(&scope, &name, &query).await?;
+                let obj: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::internal(e.to_string()))?;
+                Ok(encode(200, format, &registry.scale_of(&def, &obj)))
+            }
+            (Method::POST, None, None) => {
+                let body = read_body(request).await?;
+                let obj = decode_body(&body, &content_type)?;
+                let result = registry.create(&scope, obj, &query).await?;
+                self.value_response(201, &def, result.object, format)
+            }
+            (Method::PUT, Some(name), sub @ (None | Some(Subresource::Status) | Some(Subresource::Finalize))) => {
+                let body = read_body(request).await?;
+                let obj = decode_body(&body, &content_type)?;
+                let result = registry.update(&scope, &name, sub, obj, &query).await?;
+                self.value_response(if result.created { 201 } else { 200 }, &def, result.object, format)
+            }
+            (Method::PUT, Some(name), Some(Subresource::Scale)) => {
+                let body = read_body(request).await?;
+                let scale = decode_body(&body, &content_type)?;
+                let result = registry.update_scale(&scope, &name, scale, &query).await?;
+                Ok(encode(200, format, &result))
+            }
+            (Method::PATCH, Some(name), sub @ (None | Some(Subresource::Status) | Some(Subresource::Scale))) => {
+                let body = read_body(request).await?;
+                let result = patch::patch(registry, &scope, &name, sub, &content_type, &body, &query).await?;
+                if sub == Some(Subresource::Scale) {
+                    return Ok(encode(200, format, &registry.scale_of(&def, &result)));
+                }
+                self.value_response(200, &def, result, format)
+            }
+            (Method::DELETE, Some(name), None) => {
+                let body = read_body(request).await?;
+                let options = DeleteOptions::from_request(&body, &content_type, &query)?;
+                let deleted = registry.delete(&scope, &name, &options).await?;
+                self.value_response(200, &def, deleted, format)
+            }
+            (Method::DELETE, None, None) => {
+                let body = read_body(request).await?;
+                let options = DeleteOptions::from_request(&body, &content_type, &query)?;
+                let list = registry.delete_collection(&scope, &query, &options).await?;
+                self.list_response(&def, list, format)
+            }
+            (method, name, sub) => Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({method} {}{}{})",
+                def.plural,
+                name.map(|n| format!("/{n}")).unwrap_or_default(),
+                sub.map(|s| format!("/{}", s.name())).unwrap_or_default(),
+            ))),
+        }
+    }
+
+    fn object_response(&self, status: u16, def: &ResourceDef, bytes: Bytes, format: Format) -> ApiResult<Response<Body>> {
+        match format {
+            Format::Json => Ok(respond(status, JSON, bytes)),
+            _ => {
+                let value: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::internal(e.to_string()))?;
+                self.value_response(status, def, value, format)
+            }
+        }
+    }
+
+    fn value_response(&self, status: u16, def: &ResourceDef, value: Value, format: Format) -> ApiResult<Response<Body>> {
+        match format {
+            Format::Table(include) => {
+                let revision = value.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
+                let t = table::table(def, &[value], json!({ "resourceVersion": revision }), include, true);
+                Ok(respond(status, TABLE_TYPE, serde_json::to_vec(&t).expect("JSON serialises")))
+            }
+            _ => Ok(encode(status, format, &value)),
+        }
+    }
+
+    fn list_response(&self, def: &ResourceDef, list: ListResult, format: Format) -> ApiResult<Response<Body>> {
+        let mut list_meta = json!({ "resourceVersion": list.revision.to_string() });
+        if let Some(token) = &list.continue_token {
+            list_meta["continue"] = json!(token);
+        }
+        if let Some(remaining) = list.remaining {
+            list_meta["remainingItemCount"] = json!(remaining);
+        }
+        match format {
+            Format::Json => {
+                // The items are ready JSON: splice them rather than re-encode a thousand objects.
+                let head = json!({ "kind": def.list_kind, "apiVersion": def.api_version(), "metadata": list_meta });
+                let head = serde_json::to_vec(&head).expect("JSON serialises");
+                let size: usize = list.items.iter().map(|i| i.len() + 1).sum();
+                let mut out = Vec::with_capacity(head.len() + size + 16);
+                out.extend_from_slice(&head[..head.len() - 1]);
+                out.extend_from_slice(b",\"items\":[");
+                for (i, item) in list.items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(item);
+                }
+                out.extend_from_slice(b"]}");
+                Ok(respond(200, JSON, out))
+            }
+            Format::Table(include) => {
+                let objects = parse_items(&list.items)?;
+                let t = table::table(def, &objects, list_meta, include, true);
+                Ok(respond(200, TABLE_TYPE, serde_json::to_vec(&t).expect("JSON serialises")))
+            }
+            _ => {
+                let objects = parse_items(&list.items)?;
+                let value = json!({ "kind": def.list_kind, "apiVersion": def.api_version(), "metadata": list_meta, "items": objects });
+                Ok(encode(200, format, &value))
+            }
+        }
+    }
+
+    async fn watch(&self, scope: Scope, query: &Query, format: Format) -> ApiResult<Response<Body>> {
+        let (watch_format, content_type) = match format {
+            Format::Table(include) => (WatchFormat::Table(include), TABLE_TYPE),
+            Format::Json => (WatchFormat::Json, JSON),
+            _ => return Err(ApiError::not_acceptable("watch events are served as JSON")),
+        };
+        let events = watch::start(self.registry.clone(), scope, query, watch_format).await?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(events).map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
+        let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        Ok(response)
+    }
+}
+
+fn parse_items(items: &[Bytes]) -> ApiResult<Vec<Value>> {
+    items
+        .iter()
+        .map(|i| serde_json::from_slice(i).map_err(|e| ApiError::internal(e.to_string())))
+        .collect()
+}
+
+/// Reads a request body, refusing more than upstream's 3 MiB.
+async fn read_body(request: Request<Incoming>) -> ApiResult<Bytes> {
+    if let Some(length) = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+        && length > MAX_BODY
+    {
+        return Err(ApiError::too_large());
+    }
+    let limited = Limited::new(request.into_body(), MAX_BODY);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large()),
+        Err(e) => Err(ApiError::bad_request(format!("error reading request body: {e}"))),
+    }
+}
+
+/// What `/version` answers: the Kubernetes API level served, and Visor's own version.
+fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": "33",
+        "gitVersion": format!("v1.33.0+visor-{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_follows_client_order() {
+        let kubectl_get = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+        assert_eq!(negotiate(Some(kubectl_get), false, IncludeObject::Metadata).unwrap(), Format::Table(IncludeObject::Metadata));
+        let discovery = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(negotiate(Some(discovery), true, IncludeObject::Metadata).unwrap(), Format::Discovery("v2"));
+        assert_eq!(negotiate(Some(discovery), false, IncludeObject::Metadata).unwrap(), Format::Json);
+        assert_eq!(negotiate(None, false, IncludeObject::Metadata).unwrap(), Format::Json);
+        assert_eq!(negotiate(Some("application/vnd.kubernetes.protobuf, */*"), false, IncludeObject::Metadata).unwrap(), Format::Json);
+        assert_eq!(negotiate(Some("application/vnd.kubernetes.protobuf"), false, IncludeObject::Metadata).unwrap_err().code, 406);
+    }
+}

@@ -1,0 +1,120 @@
+//! Visor's Kubernetes API server.
+//!
+//! Request path, each layer knowing nothing of the ones above it:
+//! TLS and authentication ([`server`], [`auth`]) → request parsing ([`request`]) and content
+//! negotiation ([`handler`]) → the generic registry ([`registry`]), which applies a kind's
+//! description ([`kinds`]) to every verb → the watch cache and the store ([`visor_store`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+use tokio::sync::watch as signal;
+use visor_store::DynStore;
+use visor_store::cache::WatchCache;
+
+pub mod auth;
+pub mod discovery;
+pub mod errors;
+pub mod handler;
+pub mod kinds;
+pub mod object;
+pub mod patch;
+pub mod pki;
+pub mod registry;
+pub mod request;
+pub mod selectors;
+pub mod server;
+pub mod table;
+pub mod watch;
+
+use handler::{Handler, ServerInfo};
+use kinds::Catalog;
+use registry::{Registry, Scope};
+
+/// Events kept for watches that resume from a past resource version.
+const WATCH_HISTORY: usize = 10_000;
+/// The history window compaction keeps, as upstream's default.
+const COMPACTION_INTERVAL: Duration = Duration::from_secs(300);
+/// Namespaces every cluster has.
+const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub store: DynStore,
+    pub pki: Arc<pki::Pki>,
+}
+
+/// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    pub local_addr: SocketAddr,
+    pub registry: Arc<Registry>,
+    shutdown: signal::Sender<bool>,
+    serving: tokio::task::JoinHandle<()>,
+    compactor: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting connections, drains open ones, and stops background work.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.compactor.abort();
+        self.serving.await.context("server task failed")?;
+        Ok(())
+    }
+}
+
+/// Starts the API server. Returns once it is ready to serve: the store is open, the watch
+/// cache is filled, the system namespaces exist and the port is listening.
+pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    let catalog = Arc::new(Catalog::builtin());
+    let decode_catalog = catalog.clone();
+    let cache = WatchCache::start(
+        config.store.clone(),
+        "/registry/",
+        move |kv| object::decode_for_cache(&decode_catalog, kv),
+        WATCH_HISTORY,
+    )
+    .await
+    .context("filling the watch cache")?;
+    let registry = Arc::new(Registry { catalog: catalog.clone(), store: config.store.clone(), cache });
+    ensure_system_namespaces(&registry).await?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let local_addr = listener.local_addr()?;
+    let tls = Arc::new(config.pki.server_tls_config()?);
+    let store = config.store.clone();
+    let handler = Arc::new(Handler {
+        registry: registry.clone(),
+        info: ServerInfo { address: server::advertised(local_addr) },
+        health: Arc::new(move || {
+            let store = store.clone();
+            Box::pin(async move { store.current_revision().await.map(|_| ()).map_err(|e| e.to_string()) })
+        }),
+    });
+    let (shutdown, shutdown_rx) = signal::channel(false);
+    let serving = tokio::spawn(server::serve(listener, tls, handler, shutdown_rx));
+    let compactor = visor_store::compactor::spawn(config.store.clone(), COMPACTION_INTERVAL);
+    tracing::info!(address = %local_addr, "API server ready");
+    Ok(RunningServer { local_addr, registry, shutdown, serving, compactor })
+}
+
+async fn ensure_system_namespaces(registry: &Registry) -> anyhow::Result<()> {
+    let def = registry.catalog.lookup("", "v1", "namespaces").context("namespaces are served")?;
+    let scope = Scope { def, namespace: None };
+    for name in SYSTEM_NAMESPACES {
+        let namespace = json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name } });
+        match registry.create(&scope, namespace, &request::Query::default()).await {
+            Ok(_) => tracing::info!(namespace = name, "created system namespace"),
+            Err(e) if e.code == 409 => {}
+            Err(e) => anyhow::bail!("creating namespace {name}: {e}"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,754 @@
+//! The embedded backend: etcd's semantics over one SQLite file.
+//!
+//! Layout: `log` holds one row per revision (the write's key, value, the revision that created the
+//! key's incarnation, the revision of the value it replaced, and whether it was a delete); `kv`
+//! maps each live key to its create and mod revisions, its value being the `log` row at its mod
+//! revision; `meta` keeps the compacted revision.
+//!
+//! Writes go through one writer thread that owns the only write connection (group commit): it
+//! drains every queued request into one transaction, checks each request's precondition in queue
+//! order (so a request sees the ones before it), commits once, then answers every caller and
+//! publishes the batch's events to live watches. With `synchronous=FULL` in WAL mode, the commit's
+//! fsync happens before any caller hears back, so an acknowledged write survives a crash.
+//!
+//! Reads use a small pool of read connections on the blocking thread pool; WAL lets them run
+//! beside the writer, each read seeing one committed snapshot.
+//!
+//! Watches subscribe to the live feed first, then replay the log from their start revision up to
+//! the revision committed at that moment, and then follow the feed, skipping what the replay
+//! already covered. A watch that falls behind the feed goes back to reading the log, so a slow
+//! watcher costs the writer nothing; only if the history it still needs was compacted meanwhile
+//! does the watch end ([`StoreError::Compacted`]).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::{
+    Event, KeyValue, ProgressWatchStream, RangeRequest, RangeResult, Result, Revision, Store,
+    StoreError, Watched,
+};
+
+/// Requests queued for the writer beyond this make callers wait (back-pressure).
+const WRITE_QUEUE: usize = 4096;
+/// Upper bound on requests folded into one transaction, to bound a batch's latency.
+const MAX_BATCH: usize = 1024;
+/// Published batches a live watch may fall behind before it reverts to reading the log.
+const FEED_CAPACITY: usize = 1024;
+/// Log rows read per query when a watch replays history.
+const REPLAY_PAGE: usize = 512;
+/// Idle read connections kept for reuse.
+const READ_POOL: usize = 8;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS log(
+    rev INTEGER PRIMARY KEY,
+    key BLOB NOT NULL,
+    value BLOB,
+    create_rev INTEGER NOT NULL,
+    prev_rev INTEGER NOT NULL,
+    deleted INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS log_key_rev ON log(key, rev);
+CREATE TABLE IF NOT EXISTS kv(
+    key BLOB PRIMARY KEY,
+    create_rev INTEGER NOT NULL,
+    mod_rev INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+";
+
+const SQL_CURRENT: &str = "SELECT k.create_rev, k.mod_rev, l.value FROM kv k \
+     JOIN log l ON l.rev = k.mod_rev WHERE k.key = ?1";
+const SQL_AT: &str = "SELECT create_rev, rev, value, deleted FROM log \
+     WHERE key = ?1 AND rev <= ?2 ORDER BY rev DESC LIMIT 1";
+const SQL_RANGE_CURRENT: &str = "SELECT k.key, k.create_rev, k.mod_rev, l.value FROM kv k \
+     JOIN log l ON l.rev = k.mod_rev WHERE k.key >= ?1 AND k.key < ?2 ORDER BY k.key LIMIT ?3";
+// The latest row per key at or before the revision, unless that row is a delete.
+const SQL_RANGE_AT: &str = "SELECT l.key, l.create_rev, l.rev, l.value FROM log l \
+     WHERE l.key >= ?1 AND l.key < ?2 AND l.rev <= ?3 AND l.deleted = 0 \
+     AND NOT EXISTS (SELECT 1 FROM log n WHERE n.key = l.key AND n.rev > l.rev AND n.rev <= ?3) \
+     ORDER BY l.key LIMIT ?4";
+// `+l.key` keeps the planner on the revision order (rowid) instead of the key index.
+const SQL_REPLAY: &str = "SELECT l.rev, l.key, l.value, l.create_rev, l.prev_rev, l.deleted, \
+     p.value, p.create_rev FROM log l LEFT JOIN log p ON p.rev = l.prev_rev \
+     WHERE l.rev >= ?1 AND l.rev <= ?2 AND +l.key >= ?3 AND +l.key < ?4 ORDER BY l.rev LIMIT ?5";
+const SQL_HEAD: &str = "SELECT COALESCE((SELECT MAX(rev) FROM log), 0), \
+     COALESCE((SELECT value FROM meta WHERE name = 'compacted'), 0)";
+// Keeps, for every key, its latest row before the compact revision (the value a read at that
+// revision sees, and the `prev` of the key's next event) unless that row is a delete.
+const SQL_COMPACT: &str = "DELETE FROM log WHERE rev < ?1 AND (deleted = 1 OR EXISTS \
+     (SELECT 1 FROM log n WHERE n.key = log.key AND n.rev > log.rev AND n.rev < ?1))";
+
+/// The SQLite-backed [`Store`].
+pub struct SqliteStore {
+    shared: Arc<Shared>,
+    writes: mpsc::Sender<WriteRequest>,
+    feed: broadcast::Sender<Arc<Batch>>,
+}
+
+/// State shared by the store handle, the writer thread and watch streams.
+struct Shared {
+    path: PathBuf,
+    readers: Mutex<Vec<Connection>>,
+    /// The last committed revision. Stored after the commit and before the batch is published,
+    /// so a watch that reads it after subscribing has every later batch in its feed.
+    current: AtomicI64,
+    compacted: AtomicI64,
+}
+
+/// The events of one committed transaction, as published to live watches.
+struct Batch {
+    events: Vec<Event>,
+    /// The store's revision after the batch.
+    revision: Revision,
+}
+
+enum WriteOp {
+    Create { key: String, value: Bytes },
+    Update { key: String, value: Bytes, expected: Revision },
+    Delete { key: String, expected: Option<Revision> },
+    Compact { revision: Revision },
+}
+
+enum WriteOutcome {
+    Written(Revision),
+    Deleted(Revision, KeyValue),
+    Compacted,
+}
+
+struct WriteRequest {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<WriteOutcome>>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// The smallest byte string greater than every key that starts with `prefix`. Keys are UTF-8,
+/// which never contains the byte 0xFF, so incrementing the last byte cannot overflow and a lone
+/// 0xFF bounds every key.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    match end.last_mut() {
+        Some(last) => *last += 1,
+        None => end.push(0xFF),
+    }
+    end
+}
+
+fn key_string(bytes: Vec<u8>) -> rusqlite::Result<String> {
+    String::from_utf8(bytes).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
+    })
+}
+
+fn value_bytes(v: Option<Vec<u8>>) -> Bytes {
+    v.map(Bytes::from).unwrap_or_default()
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in the SQLite file at `path` and starts its writer
+    /// thread. Must be called from within a Tokio runtime only if watches or reads are used
+    /// (they run on its blocking pool); opening itself is synchronous.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        configure(&conn)?;
+        conn.execute_batch(SCHEMA)?;
+        let (current, compacted): (Revision, Revision) =
+            conn.query_row(SQL_HEAD, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let current = current.max(compacted);
+
+        let shared = Arc::new(Shared {
+            path: path.to_path_buf(),
+            readers: Mutex::new(Vec::new()),
+            current: AtomicI64::new(current),
+            compacted: AtomicI64::new(compacted),
+        });
+        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let writer = Writer { conn, shared: shared.clone(), feed: feed.clone(), revision: current };
+        std::thread::Builder::new()
+            .name("visor-store-writer".into())
+            .spawn(move || writer.run(queue))?;
+        Ok(SqliteStore { shared, writes, feed })
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(WriteRequest { op, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?
+    }
+}
+
+impl Shared {
+    /// Runs `f` on a pooled read connection on the blocking pool.
+    async fn read<R, F>(self: &Arc<Self>, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = shared.take_reader()?;
+            let result = f(&conn);
+            shared.put_reader(conn);
+            result
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    fn take_reader(&self) -> Result<Connection> {
+        let pooled = self.readers.lock().map_err(backend)?.pop();
+        if let Some(conn) = pooled {
+            return Ok(conn);
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&self.path, flags).map_err(backend)?;
+        configure(&conn).map_err(backend)?;
+        Ok(conn)
+    }
+
+    fn put_reader(&self, conn: Connection) {
+        if let Ok(mut pool) = self.readers.lock()
+            && pool.len() < READ_POOL
+        {
+            pool.push(conn);
+        }
+    }
+}
+
+/// Reads the current and compacted revisions inside the caller's read transaction.
+fn head(conn: &Connection) -> Result<(Revision, Revision)> {
+    let (current, compacted): (Revision, Revision) = conn
+        .prepare_cached(SQL_HEAD)
+        .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
+        .map_err(backend)?;
+    Ok((current.max(compacted), compacted))
+}
+
+/// Validates a read revision against the snapshot's head; returns the revision to read at.
+fn check_revision(requested: Option<Revision>, current: Revision, compacted: Revision) -> Result<Revision> {
+    match requested {
+        None => Ok(current),
+        Some(r) if r > current => Err(StoreError::FutureRevision { requested: r, current }),
+        Some(r) if r < compacted => Err(StoreError::Compacted { requested: r, compacted }),
+        Some(r) => Ok(r),
+    }
+}
+
+/// Owns the write connection; see the module documentation for the batching protocol.
+struct Writer {
+    conn: Connection,
+    shared: Arc<Shared>,
+    feed: broadcast::Sender<Arc<Batch>>,
+    revision: Revision,
+}
+
+impl Writer {
+    fn run(mut self, mut queue: mpsc::Receiver<WriteRequest>) {
+        let mut batch = Vec::with_capacity(64);
+        // Ends when every store handle is gone; the feed sender drops with it, ending watches.
+        while let Some(first) = queue.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(&mut batch);
+        }
+    }
+
+    fn commit_batch(&mut self, batch: &mut Vec<WriteRequest>) {
+        let start_revision = self.revision;
+        let mut events = Vec::with_capacity(batch.len());
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut compacted_to = None;
+
+        let applied = (|| -> rusqlite::Result<()> {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            for request in batch.iter() {
+                let outcome = self.apply(&request.op, &mut events, &mut compacted_to)?;
+                outcomes.push(outcome);
+            }
+            if let Some(revision) = compacted_to {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO meta(name, value) VALUES ('compacted', ?1) \
+                         ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                    )?
+                    .execute([revision])?;
+            }
+            self.conn.execute_batch("COMMIT")
+        })();
+
+        if let Err(e) = applied {
+            // Nothing of the batch is durable: undo it and tell every caller.
+            tracing::error!(error = %e, "store write transaction failed");
+            let _ = self.conn.execute_batch("ROLLBACK");
+            self.revision = start_revision;
+            let message = e.to_string();
+            for request in batch.drain(..) {
+                let _ = request.reply.send(Err(StoreError::Backend(message.clone())));
+            }
+            return;
+        }
+
+        if let Some(revision) = compacted_to {
+            self.shared.compacted.store(revision, Ordering::Release);
+        }
+        self.shared.current.store(self.revision, Ordering::Release);
+        for (request, outcome) in batch.drain(..).zip(outcomes) {
+            // A caller that went away still had its write applied in full; nothing to undo.
+            let _ = request.reply.send(outcome);
+        }
+        if !events.is_empty() {
+            // No receivers is fine: nobody is watching.
+            let _ = self.feed.send(Arc::new(Batch { events, revision: self.revision }));
+        }
+    }
+
+    /// The key's live value as seen by this transaction.
+    fn current(&self, key: &str) -> rusqlite::Result<Option<KeyValue>> {
+        self.conn
+            .prepare_cached(SQL_CURRENT)?
+            .query_row([key.as_bytes()], |r| {
+                Ok(KeyValue {
+                    key: key.to_owned(),
+                    create_revision: r.get(0)?,
+                    mod_revision: r.get(1)?,
+                    value: value_bytes(r.get(2)?),
+                })
+            })
+            .optional()
+    }
+
+    fn append_log(
+        &self,
+        key: &str,
+        value: Option<&[u8]>,
+        create_revision: Revision,
+        prev_revision: Revision,
+    ) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO log(rev, key, value, create_rev, prev_rev, deleted) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                self.revision,
+                key.as_bytes(),
+                value,
+                create_revision,
+                prev_revision,
+                value.is_none()
+            ])?;
+        Ok(())
+    }
+
+    /// Checks one request's precondition and applies it. `Err` only for SQLite failures, which
+    /// abort the whole batch; a failed precondition is an `Ok(Err(..))` for that caller alone.
+    fn apply(
+        &mut self,
+        op: &WriteOp,
+        events: &mut Vec<Event>,
+        compacted_to: &mut Option<Revision>,
+    ) -> rusqlite::Result<Result<WriteOutcome>> {
+        match op {
+            WriteOp::Create { key, value } => {
+                if self.current(key)?.is_some() {
+                    return Ok(Err(StoreError::AlreadyExists(key.clone())));
+                }
+                self.revision += 1;
+                let rev = self.revision;
+                self.append_log(key, Some(value), rev, 0)?;
+                self.conn
+                    .prepare_cached("INSERT INTO kv(key, create_rev, mod_rev) VALUES (?1, ?2, ?2)")?
+                    .execute(params![key.as_bytes(), rev])?;
+                let kv = KeyValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                    create_revision: rev,
+                    mod_revision: rev,
+                };
+                events.push(Event::Put { kv, prev: None });
+                Ok(Ok(WriteOutcome::Written(rev)))
+            }
+            WriteOp::Update { key, value, expected } => {
+                let Some(prev) = self.current(key)? else {
+                    return Ok(Err(StoreError::NotFound(key.clone())));
+                };
+                if prev.mod_revision != *expected {
+                    return Ok(Err(StoreError::Conflict {
+                        key: key.clone(),
+                        expected: *expected,
+                        current: Some(prev),
+                    }));
+                }
+                self.revision += 1;
+                let rev = self.revision;
+                self.append_log(key, Some(value), prev.create_revision, prev.mod_revision)?;
+                self.conn
+                    .prepare_cached("UPDATE kv SET mod_rev = ?2 WHERE key = ?1")?
+                    .execute(params![key.as_bytes(), rev])?;
+                let kv = KeyValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                    create_revision: prev.create_revision,
+                    mod_revision: rev,
+                };
+                events.push(Event::Put { kv, prev: Some(prev) });
+                Ok(Ok(WriteOutcome::Written(rev)))
+            }
+            WriteOp::Delete { key, expected } => {
+                let Some(prev) = self.current(key)? else {
+                    return Ok(Err(StoreError::NotFound(key.clone())));
+                };
+                if let Some(expected) = expected
+                    && prev.mod_revision != *expected
+                {
+                    return Ok(Err(StoreError::Conflict {
+                        key: key.clone(),
+                        expected: *expected,
+                        current: Some(prev),
+                    }));
+                }
+                self.revision += 1;
+                let rev = self.revision;
+                self.append_log(key, None, prev.create_revision, prev.mod_revision)?;
+                self.conn
+                    .prepare_cached("DELETE FROM kv WHERE key = ?1")?
+                    .execute([key.as_bytes()])?;
+                events.push(Event::Delete { prev: prev.clone(), revision: rev });
+                Ok(Ok(WriteOutcome::Deleted(rev, prev)))
+            }
+            WriteOp::Compact { revision } => {
+                let already = compacted_to.unwrap_or_else(|| self.shared.compacted.load(Ordering::Acquire));
+                if *revision > self.revision {
+                    return Ok(Err(StoreError::FutureRevision { requested: *revision, current: self.revision }));
+                }
+                if *revision <= already {
+                    // Compacting to where the store already is changes nothing.
+                    return Ok(Ok(WriteOutcome::Compacted));
+                }
+                let removed = self.conn.prepare_cached(SQL_COMPACT)?.execute([revision])?;
+                tracing::debug!(revision, removed, "compacted store history");
+                *compacted_to = Some(*revision);
+                Ok(Ok(WriteOutcome::Compacted))
+            }
+        }
+    }
+}
+
+fn read_range(conn: &Connection, prefix: &str, start_after: Option<&str>, limit: usize, revision: Option<Revision>) -> Result<RangeResult> {
+    let tx = conn.unchecked_transaction().map_err(backend)?;
+    let (current, compacted) = head(&tx)?;
+    let at = check_revision(revision, current, compacted)?;
+
+    let mut low = prefix.as_bytes().to_vec();
+    if let Some(after) = start_after {
+        let mut after = after.as_bytes().to_vec();
+        // The smallest key strictly greater than `after`.
+        after.push(0);
+        low = low.max(after);
+    }
+    let high = prefix_end(prefix);
+    // One extra row tells whether more follow.
+    let fetch: i64 = if limit == 0 { -1 } else { limit as i64 + 1 };
+    let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<KeyValue> {
+        Ok(KeyValue {
+            key: key_string(r.get(0)?)?,
+            create_revision: r.get(1)?,
+            mod_revision: r.get(2)?,
+            value: value_bytes(r.get(3)?),
+        })
+    };
+    let mut kvs = if at == current {
+        let mut stmt = tx.prepare_cached(SQL_RANGE_CURRENT).map_err(backend)?;
+        stmt.query_map(params![low, high, fetch], row)
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(backend)?
+    } else {
+        let mut stmt = tx.prepare_cached(SQL_RANGE_AT).map_err(backend)?;
+        stmt.query_map(params![low, high, at, fetch], row)
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(backend)?
+    };
+    let more = limit != 0 && kvs.len() > limit;
+    if more {
+        kvs.truncate(limit);
+    }
+    Ok(RangeResult { kvs, revision: at, more })
+}
+
+fn read_get(conn: &Connection, key: &str, revision: Option<Revision>) -> Result<(Option<KeyValue>, Revision)> {
+    let tx = conn.unchecked_transaction().map_err(backend)?;
+    let (current, compacted) = head(&tx)?;
+    let at = check_revision(revision, current, compacted)?;
+    let kv = if at == current {
+        tx.prepare_cached(SQL_CURRENT)
+            .and_then(|mut s| {
+                s.query_row([key.as_bytes()], |r| {
+                    Ok(KeyValue {
+                        key: key.to_owned(),
+                        create_revision: r.get(0)?,
+                        mod_revision: r.get(1)?,
+                        value: value_bytes(r.get(2)?),
+                    })
+                })
+                .optional()
+            })
+            .map_err(backend)?
+    } else {
+        tx.prepare_cached(SQL_AT)
+            .and_then(|mut s| {
+                s.query_row(params![key.as_bytes(), at], |r| {
+                    let deleted: bool = r.get(3)?;
+                    Ok((!deleted).then(|| -> rusqlite::Result<KeyValue> {
+                        Ok(KeyValue {
+                            key: key.to_owned(),
+                            create_revision: r.get(0)?,
+                            mod_revision: r.get(1)?,
+                            value: value_bytes(r.get(2)?),
+                        })
+                    }))
+                })
+                .optional()
+            })
+            .map_err(backend)?
+            .flatten()
+            .transpose()
+            .map_err(backend)?
+    };
+    Ok((kv, at))
+}
+
+/// Reads up to [`REPLAY_PAGE`] events under `prefix` with revisions in `from..=to`. Fails with
+/// [`StoreError::Compacted`] if part of that history is gone.
+fn read_log(conn: &Connection, prefix: &str, from: Revision, to: Revision) -> Result<Vec<Event>> {
+    let tx = conn.unchecked_transaction().map_err(backend)?;
+    let (_, compacted) = head(&tx)?;
+    if from < compacted {
+        return Err(StoreError::Compacted { requested: from, compacted });
+    }
+    let high = prefix_end(prefix);
+    let mut stmt = tx.prepare_cached(SQL_REPLAY).map_err(backend)?;
+    let rows = stmt
+        .query_map(params![from, to, prefix.as_bytes(), high, REPLAY_PAGE as i64], |r| {
+            let rev: Revision = r.get(0)?;
+            let key = key_string(r.get(1)?)?;
+            let create_revision: Revision = r.get(3)?;
+            let prev_rev: Revision = r.get(4)?;
+            let deleted: bool = r.get(5)?;
+            let prev_value: Option<Vec<u8>> = r.get(6)?;
+            let prev_create: Option<Revision> = r.get(7)?;
+            let prev = (prev_rev != 0).then(|| KeyValue {
+                key: key.clone(),
+                value: value_bytes(prev_value),
+                create_revision: prev_create.unwrap_or(create_revision),
+                mod_revision: prev_rev,
+            });
+            Ok(if deleted {
+                let prev = prev.unwrap_or_else(|| KeyValue {
+                    key: key.clone(),
+                    value: Bytes::new(),
+                    create_revision,
+                    mod_revision: prev_rev,
+                });
+                Event::Delete { prev, revision: rev }
+            } else {
+                let value = value_bytes(r.get(2)?);
+                Event::Put { kv: KeyValue { key, value, create_revision, mod_revision: rev }, prev }
+            })
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(backend)?;
+    Ok(rows)
+}
+
+/// The state of one watch stream; see the module documentation.
+struct WatchState {
+    shared: Arc<Shared>,
+    feed: broadcast::Receiver<Arc<Batch>>,
+    prefix: Arc<str>,
+    /// The lowest revision not yet delivered or skipped.
+    next: Revision,
+    replaying: bool,
+    ready: VecDeque<Watched>,
+    done: bool,
+}
+
+impl WatchState {
+    async fn next_item(mut self) -> Option<(Result<Watched>, Self)> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                return Some((Ok(item), self));
+            }
+            if self.done {
+                return None;
+            }
+            if self.replaying {
+                let to = self.shared.current.load(Ordering::Acquire);
+                if self.next > to {
+                    self.replaying = false;
+                    continue;
+                }
+                let (prefix, from) = (self.prefix.clone(), self.next);
+                match self.shared.read(move |conn| read_log(conn, &prefix, from, to)).await {
+                    Ok(events) => {
+                        let full = events.len() == REPLAY_PAGE;
+                        let last = events.last().map(Event::revision);
+                        self.ready.extend(events.into_iter().map(Watched::Event));
+                        if full && let Some(last) = last {
+                            self.next = last + 1;
+                        } else {
+                            if last != Some(to) {
+                                self.ready.push_back(Watched::Progress(to));
+                            }
+                            self.next = to + 1;
+                            self.replaying = false;
+                        }
+                    }
+                    Err(e) => {
+                        self.done = true;
+                        return Some((Err(e), self));
+                    }
+                }
+                continue;
+            }
+            match self.feed.recv().await {
+                Ok(batch) => {
+                    if batch.revision < self.next {
+                        continue;
+                    }
+                    let mut last = None;
+                    for event in &batch.events {
+                        let rev = event.revision();
+                        if rev >= self.next && event.key().starts_with(&*self.prefix) {
+                            self.ready.push_back(Watched::Event(event.clone()));
+                            last = Some(rev);
+                        }
+                    }
+                    if last != Some(batch.revision) {
+                        self.ready.push_back(Watched::Progress(batch.revision));
+                    }
+                    self.next = batch.revision + 1;
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // The feed dropped batches this watch had not read; the log still has them.
+                    self.replaying = true;
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    self.done = true;
+                    return Some((Err(StoreError::WatchLost("the store was closed".into())), self));
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create(&self, key: &str, value: Bytes) -> Result<Revision> {
+        match self.write(WriteOp::Create { key: key.to_owned(), value }).await? {
+            WriteOutcome::Written(rev) => Ok(rev),
+            _ => Err(backend("unexpected writer outcome for create")),
+        }
+    }
+
+    async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<Revision> {
+        match self.write(WriteOp::Update { key: key.to_owned(), value, expected }).await? {
+            WriteOutcome::Written(rev) => Ok(rev),
+            _ => Err(backend("unexpected writer outcome for update")),
+        }
+    }
+
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(Revision, KeyValue)> {
+        match self.write(WriteOp::Delete { key: key.to_owned(), expected }).await? {
+            WriteOutcome::Deleted(rev, prev) => Ok((rev, prev)),
+            _ => Err(backend("unexpected writer outcome for delete")),
+        }
+    }
+
+    async fn get(&self, key: &str, revision: Option<Revision>) -> Result<(Option<KeyValue>, Revision)> {
+        let key = key.to_owned();
+        self.shared.read(move |conn| read_get(conn, &key, revision)).await
+    }
+
+    async fn range(&self, request: RangeRequest<'_>) -> Result<RangeResult> {
+        let prefix = request.prefix.to_owned();
+        let start_after = request.start_after.map(str::to_owned);
+        let (limit, revision) = (request.limit, request.revision);
+        self.shared
+            .read(move |conn| read_range(conn, &prefix, start_after.as_deref(), limit, revision))
+            .await
+    }
+
+    async fn watch_progress(&self, prefix: &str, from: Revision) -> Result<ProgressWatchStream> {
+        // Subscribe before reading the current revision: every batch committed after that read
+        // is then in the feed, and everything up to it is in the log.
+        let feed = self.feed.subscribe();
+        let current = self.shared.current.load(Ordering::Acquire);
+        let compacted = self.shared.compacted.load(Ordering::Acquire);
+        if from > current + 1 {
+            return Err(StoreError::FutureRevision { requested: from, current });
+        }
+        if from < compacted {
+            return Err(StoreError::Compacted { requested: from, compacted });
+        }
+        let state = WatchState {
+            shared: self.shared.clone(),
+            feed,
+            prefix: prefix.into(),
+            next: from.max(1),
+            replaying: true,
+            ready: VecDeque::new(),
+            done: false,
+        };
+        Ok(futures::stream::unfold(state, WatchState::next_item).boxed())
+    }
+
+    async fn current_revision(&self) -> Result<Revision> {
+        Ok(self.shared.current.load(Ordering::Acquire))
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        match self.write(WriteOp::Compact { revision }).await? {
+            WriteOutcome::Compacted => Ok(()),
+            _ => Err(backend("unexpected writer outcome for compact")),
+        }
+    }
+
+    async fn compacted_revision(&self) -> Result<Revision> {
+        Ok(self.shared.compacted.load(Ordering::Acquire))
+    }
+}

@@ -1,0 +1,132 @@
+//! The command line: `visor server`, `visor up`, `visor bench`.
+//!
+//! The `server` flags are a contract other tools rely on (`--data-dir`, `--listen`,
+//! `--datastore`, and `DATA_DIR/admin.kubeconfig` appearing once the server is ready); change
+//! them only compatibly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::bench::BenchCommand;
+use crate::server::{self, ServerOptions};
+
+/// Visor: a Kubernetes-compatible control plane for a virtualization cluster.
+#[derive(Debug, Parser)]
+#[command(name = "visor", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the Kubernetes API over a store.
+    Server {
+        /// Where the server keeps its certificates, its SQLite store and admin.kubeconfig.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The address to serve HTTPS on (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: SocketAddr,
+        /// `sqlite` (embedded, in the data directory) or `etcd://HOST:PORT[,HOST:PORT...]`.
+        #[arg(long, default_value = "sqlite")]
+        datastore: String,
+    },
+    /// Run Visor on this machine with the embedded store, and print the kubeconfig to use.
+    Up {
+        /// Data directory [default: $VISOR_DATA_DIR, else ~/.visor].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The address to serve HTTPS on.
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: SocketAddr,
+    },
+    /// Measure Visor (see docs/performance.md).
+    Bench {
+        #[command(subcommand)]
+        bench: BenchCommand,
+    },
+}
+
+/// Parses the command line, runs the command and turns its outcome into an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Server { data_dir, listen, datastore } => {
+            server::run(ServerOptions { data_dir, listen, datastore }).await
+        }
+        Command::Up { data_dir, listen } => {
+            let data_dir = match data_dir {
+                Some(dir) => dir,
+                None => server::default_data_dir()?,
+            };
+            server::run(ServerOptions { data_dir, listen, datastore: "sqlite".into() }).await
+        }
+        Command::Bench { bench } => crate::bench::run(bench).await,
+    }
+}
+
+/// Logs go to stderr, so stdout carries only what scripts read (the kubeconfig lines, bench
+/// results). `RUST_LOG` overrides the default of `info` for Visor's own crates.
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,visor=info,visor_apiserver=info,visor_store=info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn server_flags_keep_their_contract() {
+        let cli = Cli::try_parse_from([
+            "visor", "server", "--data-dir", "/tmp/d", "--listen", "127.0.0.1:0", "--datastore", "etcd://127.0.0.1:2379",
+        ])
+        .unwrap();
+        let Command::Server { data_dir, listen, datastore } = cli.command else { panic!("not server") };
+        assert_eq!(data_dir, PathBuf::from("/tmp/d"));
+        assert_eq!(listen.port(), 0);
+        assert_eq!(datastore, "etcd://127.0.0.1:2379");
+        let cli = Cli::try_parse_from(["visor", "server", "--data-dir", "d"]).unwrap();
+        let Command::Server { listen, datastore, .. } = cli.command else { panic!("not server") };
+        assert_eq!(listen, "127.0.0.1:6443".parse().unwrap());
+        assert_eq!(datastore, "sqlite");
+    }
+
+    #[test]
+    fn bench_api_defaults() {
+        let cli = Cli::try_parse_from(["visor", "bench", "api", "--kubeconfig", "k"]).unwrap();
+        let Command::Bench { bench: BenchCommand::Api(args) } = cli.command else { panic!("not bench api") };
+        assert_eq!((args.connections, args.objects, args.json), (1, 1000, false));
+    }
+}
