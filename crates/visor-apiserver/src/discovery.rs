@@ -12,7 +12,16 @@ use serde_json::{Value, json};
 use crate::kinds::{Catalog, ResourceDef};
 
 /// The verbs of a resource's main endpoint.
-const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 pub fn legacy_versions(server_address: &str) -> Value {
     json!({
@@ -41,12 +50,16 @@ pub fn group_list(catalog: &Catalog) -> Value {
 }
 
 pub fn group(catalog: &Catalog, name: &str) -> Option<Value> {
-    catalog.groups().iter().find(|(g, _)| g == name && !g.is_empty()).map(|(g, versions)| {
-        let mut entry = group_entry(g, versions);
-        entry["kind"] = json!("APIGroup");
-        entry["apiVersion"] = json!("v1");
-        entry
-    })
+    catalog
+        .groups()
+        .iter()
+        .find(|(g, _)| g == name && !g.is_empty())
+        .map(|(g, versions)| {
+            let mut entry = group_entry(g, versions);
+            entry["kind"] = json!("APIGroup");
+            entry["apiVersion"] = json!("v1");
+            entry
+        })
 }
 
 pub fn resource_list(catalog: &Catalog, group: &str, version: &str) -> Option<Value> {
@@ -87,8 +100,14 @@ pub fn resource_list(catalog: &Catalog, group: &str, version: &str) -> Option<Va
             resources.push(entry);
         }
     }
-    let group_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources }))
+    let group_version = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources }),
+    )
 }
 
 fn aggregated_resource(def: &ResourceDef) -> Value {
@@ -135,7 +154,8 @@ pub fn aggregated(catalog: &Catalog, legacy: bool, api_version: &str) -> Value {
             let versions: Vec<Value> = versions
                 .iter()
                 .map(|(v, defs)| {
-                    let resources: Vec<Value> = defs.iter().map(|d| aggregated_resource(d)).collect();
+                    let resources: Vec<Value> =
+                        defs.iter().map(|d| aggregated_resource(d)).collect();
                     json!({ "version": v, "resources": resources, "freshness": "Current" })
                 })
                 .collect();

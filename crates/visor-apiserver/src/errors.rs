@@ -21,7 +21,12 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError { code, reason, message: message.into(), details: None }
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
     }
 
     fn with_details(mut self, group: &str, kind: &str, name: &str) -> Self {
@@ -42,19 +47,31 @@ impl ApiError {
 
     /// `resource.group "name" not found`, as upstream's `NewNotFound`.
     pub fn not_found(group: &str, resource: &str, name: &str) -> Self {
-        ApiError::new(404, "NotFound", format!("{} \"{name}\" not found", qualified(group, resource)))
-            .with_details(group, resource, name)
+        ApiError::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", qualified(group, resource)),
+        )
+        .with_details(group, resource, name)
     }
 
     /// A path that serves nothing.
     pub fn no_route() -> Self {
-        ApiError::new(404, "NotFound", "the server could not find the requested resource")
-            .with_details("", "", "")
+        ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .with_details("", "", "")
     }
 
     pub fn already_exists(group: &str, resource: &str, name: &str) -> Self {
-        ApiError::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", qualified(group, resource)))
-            .with_details(group, resource, name)
+        ApiError::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", qualified(group, resource)),
+        )
+        .with_details(group, resource, name)
     }
 
     /// Optimistic-concurrency failure, worded as upstream so `kubectl` users recognise it.
@@ -62,7 +79,10 @@ impl ApiError {
         ApiError::new(
             409,
             "Conflict",
-            format!("Operation cannot be fulfilled on {} \"{name}\": {why}", qualified(group, resource)),
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                qualified(group, resource)
+            ),
         )
         .with_details(group, resource, name)
     }
@@ -79,9 +99,20 @@ impl ApiError {
     /// 422 with one cause per field error, as upstream's `NewInvalid`.
     pub fn invalid(group: &str, kind: &str, name: &str, errors: &[FieldError]) -> Self {
         let rendered: Vec<String> = errors.iter().map(FieldError::render).collect();
-        let summary = if rendered.len() == 1 { rendered[0].clone() } else { format!("[{}]", rendered.join(", ")) };
-        let mut err = ApiError::new(422, "Invalid", format!("{} \"{name}\" is invalid: {summary}", qualified(group, kind)))
-            .with_details(group, kind, name);
+        let summary = if rendered.len() == 1 {
+            rendered[0].clone()
+        } else {
+            format!("[{}]", rendered.join(", "))
+        };
+        let mut err = ApiError::new(
+            422,
+            "Invalid",
+            format!(
+                "{} \"{name}\" is invalid: {summary}",
+                qualified(group, kind)
+            ),
+        )
+        .with_details(group, kind, name);
         let causes: Vec<Value> = errors
             .iter()
             .map(|e| json!({ "reason": e.reason, "message": e.message, "field": e.field }))
@@ -105,15 +136,31 @@ impl ApiError {
     }
 
     pub fn unsupported_media_type(content_type: &str) -> Self {
-        ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/apply-patch+yaml, application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json; received {content_type:?}"))
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/apply-patch+yaml, application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json; received {content_type:?}"
+            ),
+        )
     }
 
     pub fn not_acceptable(accept: &str) -> Self {
-        ApiError::new(406, "NotAcceptable", format!("only the following media types are accepted: application/json, application/yaml, application/json;as=Table;v=v1;g=meta.k8s.io; requested {accept:?}"))
+        ApiError::new(
+            406,
+            "NotAcceptable",
+            format!(
+                "only the following media types are accepted: application/json, application/yaml, application/json;as=Table;v=v1;g=meta.k8s.io; requested {accept:?}"
+            ),
+        )
     }
 
     pub fn too_large() -> Self {
-        ApiError::new(413, "RequestEntityTooLarge", "Request entity too large: limit is 3145728")
+        ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            "Request entity too large: limit is 3145728",
+        )
     }
 
     pub fn gone(message: impl Into<String>) -> Self {
@@ -121,7 +168,11 @@ impl ApiError {
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        ApiError::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
+        ApiError::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {}", message.into()),
+        )
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
@@ -155,13 +206,18 @@ impl ApiError {
             StoreError::AlreadyExists(_) => ApiError::already_exists(group, resource, name),
             StoreError::NotFound(_) => ApiError::not_found(group, resource, name),
             StoreError::Conflict { .. } => ApiError::stale_object(group, resource, name),
-            StoreError::Compacted { requested, compacted } => ApiError::gone(format!(
+            StoreError::Compacted {
+                requested,
+                compacted,
+            } => ApiError::gone(format!(
                 "The resourceVersion for the provided watch is too old (requested {requested}, oldest available {compacted})."
             )),
             StoreError::FutureRevision { requested, current } => ApiError::timeout(format!(
                 "Too large resource version: {requested}, current: {current}"
             )),
-            StoreError::Unavailable(e) | StoreError::WatchLost(e) => ApiError::unavailable(format!("storage unavailable: {e}")),
+            StoreError::Unavailable(e) | StoreError::WatchLost(e) => {
+                ApiError::unavailable(format!("storage unavailable: {e}"))
+            }
             StoreError::Backend(e) => ApiError::internal(e),
         }
     }
@@ -169,7 +225,11 @@ impl ApiError {
 
 /// Upstream names resources `resource.group` in messages (`deployments.apps "web" not found`).
 pub fn qualified(group: &str, resource: &str) -> String {
-    if group.is_empty() { resource.to_string() } else { format!("{resource}.{group}") }
+    if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    }
 }
 
 impl std::fmt::Display for ApiError {

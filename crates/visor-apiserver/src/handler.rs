@@ -38,7 +38,8 @@ pub struct ServerInfo {
 pub struct Handler {
     pub registry: Arc<Registry>,
     pub info: ServerInfo,
-    pub health: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>,
+    pub health:
+        Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>,
 }
 
 /// The response format a client asked for.
@@ -47,12 +48,20 @@ enum Format {
     Json,
     Yaml,
     Table(IncludeObject),
+    /// `PartialObjectMetadata(List)`: only each object's metadata.
+    Metadata,
     Discovery(&'static str),
 }
 
 /// Picks the first acceptable media type of an Accept header, in the client's order.
-fn negotiate(accept: Option<&str>, discovery_allowed: bool, include: IncludeObject) -> ApiResult<Format> {
-    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else { return Ok(Format::Json) };
+fn negotiate(
+    accept: Option<&str>,
+    discovery_allowed: bool,
+    include: IncludeObject,
+) -> ApiResult<Format> {
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
+        return Ok(Format::Json);
+    };
     for range in accept.split(',') {
         let mut parts = range.split(';').map(str::trim);
         let media = parts.next().unwrap_or("").to_ascii_lowercase();
@@ -68,10 +77,19 @@ fn negotiate(accept: Option<&str>, discovery_allowed: bool, include: IncludeObje
             }
         }
         match (media.as_str(), as_kind) {
-            ("application/json", Some("Table")) if group == Some("meta.k8s.io") && version == Some("v1") => {
+            ("application/json", Some("Table"))
+                if group == Some("meta.k8s.io") && version == Some("v1") =>
+            {
                 return Ok(Format::Table(include));
             }
-            ("application/json", Some("APIGroupDiscoveryList")) if discovery_allowed && group == Some("apidiscovery.k8s.io") => {
+            ("application/json", Some("PartialObjectMetadata" | "PartialObjectMetadataList"))
+                if group == Some("meta.k8s.io") && version == Some("v1") =>
+            {
+                return Ok(Format::Metadata);
+            }
+            ("application/json", Some("APIGroupDiscoveryList"))
+                if discovery_allowed && group == Some("apidiscovery.k8s.io") =>
+            {
                 match version {
                     Some("v2") => return Ok(Format::Discovery("v2")),
                     Some("v2beta1") => return Ok(Format::Discovery("v2beta1")),
@@ -87,18 +105,28 @@ fn negotiate(accept: Option<&str>, discovery_allowed: bool, include: IncludeObje
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn respond(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     let mut response = Response::new(full(body));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static(JSON)));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static(JSON)),
+    );
     response
 }
 
 pub fn error_response(err: &ApiError) -> Response<Body> {
-    respond(err.code, JSON, serde_json::to_vec(&err.status()).expect("JSON serialises"))
+    respond(
+        err.code,
+        JSON,
+        serde_json::to_vec(&err.status()).expect("JSON serialises"),
+    )
 }
 
 fn encode(status: u16, format: Format, value: &Value) -> Response<Body> {
@@ -107,16 +135,20 @@ fn encode(status: u16, format: Format, value: &Value) -> Response<Body> {
             Ok(text) => respond(status, "application/yaml", text),
             Err(e) => error_response(&ApiError::internal(format!("encoding YAML: {e}"))),
         },
-        _ => respond(status, JSON, serde_json::to_vec(value).expect("JSON serialises")),
+        _ => respond(
+            status,
+            JSON,
+            serde_json::to_vec(value).expect("JSON serialises"),
+        ),
     }
 }
 
-fn status_success(details: Value) -> Value {
-    json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details })
-}
-
 impl Handler {
-    pub async fn handle(&self, request: Request<Incoming>, identity: Option<Identity>) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        identity: Option<Identity>,
+    ) -> Response<Body> {
         let method = request.method().clone();
         let path = request.uri().path().to_string();
         let started = std::time::Instant::now();
@@ -128,11 +160,21 @@ impl Handler {
         response
     }
 
-    async fn route(&self, request: Request<Incoming>, identity: Option<Identity>) -> ApiResult<Response<Body>> {
+    async fn route(
+        &self,
+        request: Request<Incoming>,
+        identity: Option<Identity>,
+    ) -> ApiResult<Response<Body>> {
         let path = request.uri().path().to_string();
         match (request.method(), path.as_str()) {
-            (&Method::GET, "/healthz" | "/livez" | "/readyz") => return Ok(self.health(&path, request.uri().query()).await),
-            (&Method::GET, p) if p.starts_with("/healthz/") || p.starts_with("/livez/") || p.starts_with("/readyz/") => {
+            (&Method::GET, "/healthz" | "/livez" | "/readyz") => {
+                return Ok(self.health(&path, request.uri().query()).await);
+            }
+            (&Method::GET, p)
+                if p.starts_with("/healthz/")
+                    || p.starts_with("/livez/")
+                    || p.starts_with("/readyz/") =>
+            {
                 return Ok(self.health(&path, request.uri().query()).await);
             }
             (&Method::GET, "/version") => return Ok(encode(200, Format::Json, &version())),
@@ -142,15 +184,26 @@ impl Handler {
             return Err(ApiError::unauthorized());
         }
         let query = Query::parse(request.uri().query())?;
-        let include = IncludeObject::parse(query.include_object.as_deref()).map_err(ApiError::bad_request)?;
-        let accept = request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let include =
+            IncludeObject::parse(query.include_object.as_deref()).map_err(ApiError::bad_request)?;
+        let accept = request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let target = parse_path(&path)?;
         let discovery_allowed = matches!(target, Target::LegacyVersions | Target::Groups);
         let format = negotiate(accept.as_deref(), discovery_allowed, include)?;
         match target {
-            Target::LegacyVersions | Target::Groups | Target::Group(_) | Target::ResourceList { .. } => {
+            Target::LegacyVersions
+            | Target::Groups
+            | Target::Group(_)
+            | Target::ResourceList { .. } => {
                 if request.method() != Method::GET {
-                    return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({} {path})", request.method())));
+                    return Err(ApiError::method_not_allowed(format!(
+                        "the server does not allow this method on the requested resource ({} {path})",
+                        request.method()
+                    )));
                 }
                 self.discovery(target, format)
             }
@@ -159,10 +212,21 @@ impl Handler {
     }
 
     async fn health(&self, path: &str, query: Option<&str>) -> Response<Body> {
-        let verbose = query.is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
+        let verbose = query.is_some_and(|q| {
+            q.split('&')
+                .any(|p| p == "verbose" || p.starts_with("verbose="))
+        });
         let store = (self.health)().await;
-        let name = path.trim_start_matches('/').split('/').next().unwrap_or("healthz");
-        let checks = [("ping", Ok(())), ("etcd", store.clone()), ("informer-sync", Ok(()))];
+        let name = path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("healthz");
+        let checks = [
+            ("ping", Ok(())),
+            ("etcd", store.clone()),
+            ("informer-sync", Ok(())),
+        ];
         let failed = checks.iter().any(|(_, r)| r.is_err());
         let mut text = String::new();
         if verbose || failed {
@@ -172,11 +236,18 @@ impl Handler {
                     Err(e) => text.push_str(&format!("[-]{check} failed: {e}\n")),
                 }
             }
-            text.push_str(&format!("{name} check {}\n", if failed { "failed" } else { "passed" }));
+            text.push_str(&format!(
+                "{name} check {}\n",
+                if failed { "failed" } else { "passed" }
+            ));
         } else {
             text.push_str("ok");
         }
-        respond(if failed { 500 } else { 200 }, "text/plain; charset=utf-8", text)
+        respond(
+            if failed { 500 } else { 200 },
+            "text/plain; charset=utf-8",
+            text,
+        )
     }
 
     fn discovery(&self, target: Target, format: Format) -> ApiResult<Response<Body>> {
@@ -186,8 +257,14 @@ impl Handler {
                 let legacy = target == Target::LegacyVersions;
                 let api_version = format!("apidiscovery.k8s.io/{version}");
                 let value = discovery::aggregated(catalog, legacy, &api_version);
-                let content_type = format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList");
-                return Ok(respond(200, &content_type, serde_json::to_vec(&value).expect("JSON serialises")));
+                let content_type = format!(
+                    "application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList"
+                );
+                return Ok(respond(
+                    200,
+                    &content_type,
+                    serde_json::to_vec(&value).expect("JSON serialises"),
+                ));
             }
             (Target::LegacyVersions, _) => discovery::legacy_versions(&self.info.address),
             (Target::Groups, _) => discovery::group_list(catalog),
@@ -200,7 +277,13 @@ impl Handler {
         Ok(encode(200, format, &value))
     }
 
-    async fn resource(&self, request: Request<Incoming>, path: ResourcePath, query: Query, format: Format) -> ApiResult<Response<Body>> {
+    async fn resource(
+        &self,
+        request: Request<Incoming>,
+        path: ResourcePath,
+        query: Query,
+        format: Format,
+    ) -> ApiResult<Response<Body>> {
         let registry = &self.registry;
         let def = registry
             .catalog
@@ -217,7 +300,10 @@ impl Handler {
                     .ok_or_else(ApiError::no_route)?,
             ),
         };
-        let scope = Scope { def: def.clone(), namespace: path.namespace.clone() };
+        let scope = Scope {
+            def: def.clone(),
+            namespace: path.namespace.clone(),
+        };
         let method = request.method().clone();
         let content_type = request
             .headers()
@@ -230,7 +316,9 @@ impl Handler {
             return Err(ApiError::no_route());
         }
         match (method, name, subresource) {
-            (Method::GET, None, None) if query.watch || path.legacy_watch => self.watch(scope, &query, format).await,
+            (Method::GET, None, None) if query.watch || path.legacy_watch => {
+                self.watch(scope, &query, format).await
+            }
             (Method::GET, None, None) => {
                 let list = registry.list(&scope, &query).await?;
                 self.list_response(&def, list, format)
@@ -241,7 +329,8 @@ impl Handler {
             }
             (Method::GET, Some(name), Some(Subresource::Scale)) => {
                 let bytes = registry.get(&scope, &name, &query).await?;
-                let obj: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::internal(e.to_string()))?;
+                let obj: Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
                 Ok(encode(200, format, &registry.scale_of(&def, &obj)))
             }
             (Method::POST, None, None) => {
@@ -250,11 +339,20 @@ impl Handler {
                 let result = registry.create(&scope, obj, &query).await?;
                 self.value_response(201, &def, result.object, format)
             }
-            (Method::PUT, Some(name), sub @ (None | Some(Subresource::Status) | Some(Subresource::Finalize))) => {
+            (
+                Method::PUT,
+                Some(name),
+                sub @ (None | Some(Subresource::Status) | Some(Subresource::Finalize)),
+            ) => {
                 let body = read_body(request).await?;
                 let obj = decode_body(&body, &content_type)?;
                 let result = registry.update(&scope, &name, sub, obj, &query).await?;
-                self.value_response(if result.created { 201 } else { 200 }, &def, result.object, format)
+                self.value_response(
+                    if result.created { 201 } else { 200 },
+                    &def,
+                    result.object,
+                    format,
+                )
             }
             (Method::PUT, Some(name), Some(Subresource::Scale)) => {
                 let body = read_body(request).await?;
@@ -262,9 +360,15 @@ impl Handler {
                 let result = registry.update_scale(&scope, &name, scale, &query).await?;
                 Ok(encode(200, format, &result))
             }
-            (Method::PATCH, Some(name), sub @ (None | Some(Subresource::Status) | Some(Subresource::Scale))) => {
+            (
+                Method::PATCH,
+                Some(name),
+                sub @ (None | Some(Subresource::Status) | Some(Subresource::Scale)),
+            ) => {
                 let body = read_body(request).await?;
-                let result = patch::patch(registry, &scope, &name, sub, &content_type, &body, &query).await?;
+                let result =
+                    patch::patch(registry, &scope, &name, sub, &content_type, &body, &query)
+                        .await?;
                 if sub == Some(Subresource::Scale) {
                     return Ok(encode(200, format, &registry.scale_of(&def, &result)));
                 }
@@ -291,28 +395,64 @@ impl Handler {
         }
     }
 
-    fn object_response(&self, status: u16, def: &ResourceDef, bytes: Bytes, format: Format) -> ApiResult<Response<Body>> {
+    fn object_response(
+        &self,
+        status: u16,
+        def: &ResourceDef,
+        bytes: Bytes,
+        format: Format,
+    ) -> ApiResult<Response<Body>> {
         match format {
             Format::Json => Ok(respond(status, JSON, bytes)),
             _ => {
-                let value: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::internal(e.to_string()))?;
+                let value: Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
                 self.value_response(status, def, value, format)
             }
         }
     }
 
-    fn value_response(&self, status: u16, def: &ResourceDef, value: Value, format: Format) -> ApiResult<Response<Body>> {
+    fn value_response(
+        &self,
+        status: u16,
+        def: &ResourceDef,
+        value: Value,
+        format: Format,
+    ) -> ApiResult<Response<Body>> {
         match format {
+            Format::Metadata => Ok(encode(
+                status,
+                Format::Json,
+                &table::partial_metadata(&value),
+            )),
             Format::Table(include) => {
-                let revision = value.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
-                let t = table::table(def, &[value], json!({ "resourceVersion": revision }), include, true);
-                Ok(respond(status, TABLE_TYPE, serde_json::to_vec(&t).expect("JSON serialises")))
+                let revision = value
+                    .pointer("/metadata/resourceVersion")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let t = table::table(
+                    def,
+                    &[value],
+                    json!({ "resourceVersion": revision }),
+                    include,
+                    true,
+                );
+                Ok(respond(
+                    status,
+                    TABLE_TYPE,
+                    serde_json::to_vec(&t).expect("JSON serialises"),
+                ))
             }
             _ => Ok(encode(status, format, &value)),
         }
     }
 
-    fn list_response(&self, def: &ResourceDef, list: ListResult, format: Format) -> ApiResult<Response<Body>> {
+    fn list_response(
+        &self,
+        def: &ResourceDef,
+        list: ListResult,
+        format: Format,
+    ) -> ApiResult<Response<Body>> {
         let mut list_meta = json!({ "resourceVersion": list.revision.to_string() });
         if let Some(token) = &list.continue_token {
             list_meta["continue"] = json!(token);
@@ -338,10 +478,20 @@ impl Handler {
                 out.extend_from_slice(b"]}");
                 Ok(respond(200, JSON, out))
             }
+            Format::Metadata => {
+                let objects = parse_items(&list.items)?;
+                let items: Vec<Value> = objects.iter().map(table::partial_metadata).collect();
+                let value = json!({ "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "items": items });
+                Ok(encode(200, Format::Json, &value))
+            }
             Format::Table(include) => {
                 let objects = parse_items(&list.items)?;
                 let t = table::table(def, &objects, list_meta, include, true);
-                Ok(respond(200, TABLE_TYPE, serde_json::to_vec(&t).expect("JSON serialises")))
+                Ok(respond(
+                    200,
+                    TABLE_TYPE,
+                    serde_json::to_vec(&t).expect("JSON serialises"),
+                ))
             }
             _ => {
                 let objects = parse_items(&list.items)?;
@@ -351,16 +501,25 @@ impl Handler {
         }
     }
 
-    async fn watch(&self, scope: Scope, query: &Query, format: Format) -> ApiResult<Response<Body>> {
+    async fn watch(
+        &self,
+        scope: Scope,
+        query: &Query,
+        format: Format,
+    ) -> ApiResult<Response<Body>> {
         let (watch_format, content_type) = match format {
             Format::Table(include) => (WatchFormat::Table(include), TABLE_TYPE),
             Format::Json => (WatchFormat::Json, JSON),
+            Format::Metadata => (WatchFormat::Metadata, JSON),
             _ => return Err(ApiError::not_acceptable("watch events are served as JSON")),
         };
         let events = watch::start(self.registry.clone(), scope, query, watch_format).await?;
-        let stream = tokio_stream::wrappers::ReceiverStream::new(events).map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
+        let stream = tokio_stream::wrappers::ReceiverStream::new(events)
+            .map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
         let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         Ok(response)
     }
 }
@@ -374,7 +533,11 @@ fn parse_items(items: &[Bytes]) -> ApiResult<Vec<Value>> {
 
 /// Reads a request body, refusing more than upstream's 3 MiB.
 async fn read_body(request: Request<Incoming>) -> ApiResult<Bytes> {
-    if let Some(length) = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+    if let Some(length) = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
         && length > MAX_BODY
     {
         return Err(ApiError::too_large());
@@ -382,8 +545,15 @@ async fn read_body(request: Request<Incoming>) -> ApiResult<Bytes> {
     let limited = Limited::new(request.into_body(), MAX_BODY);
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large()),
-        Err(e) => Err(ApiError::bad_request(format!("error reading request body: {e}"))),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::too_large())
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "error reading request body: {e}"
+        ))),
     }
 }
 
@@ -391,8 +561,8 @@ async fn read_body(request: Request<Incoming>) -> ApiResult<Bytes> {
 fn version() -> Value {
     json!({
         "major": "1",
-        "minor": "33",
-        "gitVersion": format!("v1.33.0+visor-{}", env!("CARGO_PKG_VERSION")),
+        "minor": "32",
+        "gitVersion": format!("v1.32.0+visor-{}", env!("CARGO_PKG_VERSION")),
         "gitCommit": "",
         "gitTreeState": "clean",
         "buildDate": "",
@@ -409,12 +579,41 @@ mod tests {
     #[test]
     fn negotiation_follows_client_order() {
         let kubectl_get = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
-        assert_eq!(negotiate(Some(kubectl_get), false, IncludeObject::Metadata).unwrap(), Format::Table(IncludeObject::Metadata));
+        assert_eq!(
+            negotiate(Some(kubectl_get), false, IncludeObject::Metadata).unwrap(),
+            Format::Table(IncludeObject::Metadata)
+        );
         let discovery = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
-        assert_eq!(negotiate(Some(discovery), true, IncludeObject::Metadata).unwrap(), Format::Discovery("v2"));
-        assert_eq!(negotiate(Some(discovery), false, IncludeObject::Metadata).unwrap(), Format::Json);
-        assert_eq!(negotiate(None, false, IncludeObject::Metadata).unwrap(), Format::Json);
-        assert_eq!(negotiate(Some("application/vnd.kubernetes.protobuf, */*"), false, IncludeObject::Metadata).unwrap(), Format::Json);
-        assert_eq!(negotiate(Some("application/vnd.kubernetes.protobuf"), false, IncludeObject::Metadata).unwrap_err().code, 406);
+        assert_eq!(
+            negotiate(Some(discovery), true, IncludeObject::Metadata).unwrap(),
+            Format::Discovery("v2")
+        );
+        assert_eq!(
+            negotiate(Some(discovery), false, IncludeObject::Metadata).unwrap(),
+            Format::Json
+        );
+        assert_eq!(
+            negotiate(None, false, IncludeObject::Metadata).unwrap(),
+            Format::Json
+        );
+        assert_eq!(
+            negotiate(
+                Some("application/vnd.kubernetes.protobuf, */*"),
+                false,
+                IncludeObject::Metadata
+            )
+            .unwrap(),
+            Format::Json
+        );
+        assert_eq!(
+            negotiate(
+                Some("application/vnd.kubernetes.protobuf"),
+                false,
+                IncludeObject::Metadata
+            )
+            .unwrap_err()
+            .code,
+            406
+        );
     }
 }

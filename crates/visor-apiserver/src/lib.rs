@@ -24,6 +24,7 @@ pub mod kinds;
 pub mod object;
 pub mod patch;
 pub mod pki;
+pub mod protobuf;
 pub mod registry;
 pub mod request;
 pub mod selectors;
@@ -81,7 +82,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     )
     .await
     .context("filling the watch cache")?;
-    let registry = Arc::new(Registry { catalog: catalog.clone(), store: config.store.clone(), cache });
+    let registry = Arc::new(Registry {
+        catalog: catalog.clone(),
+        store: config.store.clone(),
+        cache,
+    });
     ensure_system_namespaces(&registry).await?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -92,25 +97,49 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let store = config.store.clone();
     let handler = Arc::new(Handler {
         registry: registry.clone(),
-        info: ServerInfo { address: server::advertised(local_addr) },
+        info: ServerInfo {
+            address: server::advertised(local_addr),
+        },
         health: Arc::new(move || {
             let store = store.clone();
-            Box::pin(async move { store.current_revision().await.map(|_| ()).map_err(|e| e.to_string()) })
+            Box::pin(async move {
+                store
+                    .current_revision()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
         }),
     });
     let (shutdown, shutdown_rx) = signal::channel(false);
     let serving = tokio::spawn(server::serve(listener, tls, handler, shutdown_rx));
     let compactor = visor_store::compactor::spawn(config.store.clone(), COMPACTION_INTERVAL);
     tracing::info!(address = %local_addr, "API server ready");
-    Ok(RunningServer { local_addr, registry, shutdown, serving, compactor })
+    Ok(RunningServer {
+        local_addr,
+        registry,
+        shutdown,
+        serving,
+        compactor,
+    })
 }
 
 async fn ensure_system_namespaces(registry: &Registry) -> anyhow::Result<()> {
-    let def = registry.catalog.lookup("", "v1", "namespaces").context("namespaces are served")?;
-    let scope = Scope { def, namespace: None };
+    let def = registry
+        .catalog
+        .lookup("", "v1", "namespaces")
+        .context("namespaces are served")?;
+    let scope = Scope {
+        def,
+        namespace: None,
+    };
     for name in SYSTEM_NAMESPACES {
-        let namespace = json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name } });
-        match registry.create(&scope, namespace, &request::Query::default()).await {
+        let namespace =
+            json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name } });
+        match registry
+            .create(&scope, namespace, &request::Query::default())
+            .await
+        {
             Ok(_) => tracing::info!(namespace = name, "created system namespace"),
             Err(e) if e.code == 409 => {}
             Err(e) => anyhow::bail!("creating namespace {name}: {e}"),

@@ -27,11 +27,17 @@ pub struct CachedObject {
 
 impl CachedObject {
     pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels.iter().find(|(k, _)| &**k == key).map(|(_, v)| &**v)
+        self.labels
+            .iter()
+            .find(|(k, _)| &**k == key)
+            .map(|(_, v)| &**v)
     }
 
     pub fn field(&self, field: &str) -> Option<&str> {
-        self.fields.iter().find(|(k, _)| &**k == field).map(|(_, v)| &**v)
+        self.fields
+            .iter()
+            .find(|(k, _)| &**k == field)
+            .map(|(_, v)| &**v)
     }
 
     pub fn value(&self) -> Value {
@@ -52,7 +58,11 @@ pub fn decode_for_cache(catalog: &Catalog, kv: &KeyValue) -> Option<CachedObject
     let labels: Box<[(Box<str>, Box<str>)]> = meta(&value)
         .and_then(|m| m.get("labels"))
         .and_then(Value::as_object)
-        .map(|l| l.iter().map(|(k, v)| (k.as_str().into(), v.as_str().unwrap_or_default().into())).collect())
+        .map(|l| {
+            l.iter()
+                .map(|(k, v)| (k.as_str().into(), v.as_str().unwrap_or_default().into()))
+                .collect()
+        })
         .unwrap_or_default();
     let mut fields: Vec<(Box<str>, Box<str>)> = vec![
         ("metadata.name".into(), name(&value).into()),
@@ -66,7 +76,12 @@ pub fn decode_for_cache(catalog: &Catalog, kv: &KeyValue) -> Option<CachedObject
         }
     }
     let json = Bytes::from(serde_json::to_vec(&value).ok()?);
-    Some(CachedObject { json, labels, fields: fields.into_boxed_slice(), revision: kv.mod_revision })
+    Some(CachedObject {
+        json,
+        labels,
+        fields: fields.into_boxed_slice(),
+        revision: kv.mod_revision,
+    })
 }
 
 pub type SharedObject = Arc<CachedObject>;
@@ -80,7 +95,9 @@ pub fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = Value::Object(Map::new());
     }
-    obj["metadata"].as_object_mut().expect("metadata is an object")
+    obj["metadata"]
+        .as_object_mut()
+        .expect("metadata is an object")
 }
 
 pub fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
@@ -97,7 +114,10 @@ pub fn namespace(obj: &Value) -> &str {
 
 pub fn set_resource_version(obj: &mut Value, revision: Revision) {
     if obj.is_object() {
-        meta_mut(obj).insert("resourceVersion".into(), Value::String(revision.to_string()));
+        meta_mut(obj).insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
     }
 }
 
@@ -105,7 +125,12 @@ pub fn finalizers(obj: &Value) -> Vec<String> {
     meta(obj)
         .and_then(|m| m.get("finalizers"))
         .and_then(Value::as_array)
-        .map(|f| f.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|f| {
+            f.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -115,7 +140,9 @@ pub fn is_deleting(obj: &Value) -> bool {
 
 /// The current time in the RFC 3339 form Kubernetes uses (second precision, `Z`).
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// A time `seconds` from now, in the same form.

@@ -33,7 +33,9 @@ pub fn apply_patch(kind: PatchType, current: &Value, patch: &Value) -> ApiResult
     match kind {
         PatchType::Merge => {
             if !patch.is_object() {
-                return Err(ApiError::bad_request("error decoding patch: a merge patch must be a JSON object"));
+                return Err(ApiError::bad_request(
+                    "error decoding patch: a merge patch must be a JSON object",
+                ));
             }
             json_patch::merge(&mut doc, patch);
         }
@@ -41,12 +43,18 @@ pub fn apply_patch(kind: PatchType, current: &Value, patch: &Value) -> ApiResult
             let operations: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
             json_patch::patch(&mut doc, &operations).map_err(|e| {
-                ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}"))
+                ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("the server rejected our request due to an error in our request: {e}"),
+                )
             })?;
         }
     }
     if !doc.is_object() {
-        return Err(ApiError::bad_request("the patched object is not a JSON object"));
+        return Err(ApiError::bad_request(
+            "the patched object is not a JSON object",
+        ));
     }
     Ok(doc)
 }
@@ -69,7 +77,10 @@ pub async fn patch(
     let precondition = document
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
-        .map(|rv| rv.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}"))))
+        .map(|rv| {
+            rv.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))
+        })
         .transpose()?;
     let result = registry
         .guaranteed_update(scope, name, precondition, query.dry_run, |current| {
@@ -80,13 +91,21 @@ pub async fn patch(
             };
             let mut patched = apply_patch(kind, &presented, &document)?;
             if subresource == Some(Subresource::Scale) {
-                let replicas = patched.pointer("/spec/replicas").cloned().unwrap_or(Value::Null);
+                let replicas = patched
+                    .pointer("/spec/replicas")
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 let Some(replicas) = replicas.as_i64().filter(|r| *r >= 0) else {
-                    return Err(ApiError::invalid("autoscaling", "Scale", name, &[crate::kinds::FieldError::invalid(
-                        "spec.replicas",
-                        &replicas,
-                        "must be greater than or equal to 0",
-                    )]));
+                    return Err(ApiError::invalid(
+                        "autoscaling",
+                        "Scale",
+                        name,
+                        &[crate::kinds::FieldError::invalid(
+                            "spec.replicas",
+                            &replicas,
+                            "must be greater than or equal to 0",
+                        )],
+                    ));
                 };
                 let mut next = current.clone();
                 next["spec"]["replicas"] = Value::from(replicas);
@@ -96,7 +115,9 @@ pub async fn patch(
                 patched = (shared.to_storage)(patched);
             }
             if object::name(&patched) != name {
-                return Err(ApiError::bad_request("the patch may not change the object's name"));
+                return Err(ApiError::bad_request(
+                    "the patch may not change the object's name",
+                ));
             }
             crate::registry::merge_for_update(&def, subresource, current, &mut patched);
             Ok(patched)
@@ -112,8 +133,14 @@ mod tests {
 
     #[test]
     fn merge_patch_sets_and_removes() {
-        let current = json!({"metadata": {"name": "a", "labels": {"x": "1", "y": "2"}}, "data": {"k": "v"}});
-        let patched = apply_patch(PatchType::Merge, &current, &json!({"metadata": {"labels": {"x": null, "z": "3"}}})).unwrap();
+        let current =
+            json!({"metadata": {"name": "a", "labels": {"x": "1", "y": "2"}}, "data": {"k": "v"}});
+        let patched = apply_patch(
+            PatchType::Merge,
+            &current,
+            &json!({"metadata": {"labels": {"x": null, "z": "3"}}}),
+        )
+        .unwrap();
         assert_eq!(patched["metadata"]["labels"], json!({"y": "2", "z": "3"}));
         assert!(apply_patch(PatchType::Merge, &current, &json!([1])).is_err());
     }
@@ -121,13 +148,28 @@ mod tests {
     #[test]
     fn json_patch_ops_and_errors() {
         let current = json!({"data": {"k": "v"}});
-        let patched = apply_patch(PatchType::Json, &current, &json!([{"op": "add", "path": "/data/n", "value": "w"}])).unwrap();
+        let patched = apply_patch(
+            PatchType::Json,
+            &current,
+            &json!([{"op": "add", "path": "/data/n", "value": "w"}]),
+        )
+        .unwrap();
         assert_eq!(patched["data"]["n"], "w");
-        let err = apply_patch(PatchType::Json, &current, &json!([{"op": "remove", "path": "/data/missing"}])).unwrap_err();
+        let err = apply_patch(
+            PatchType::Json,
+            &current,
+            &json!([{"op": "remove", "path": "/data/missing"}]),
+        )
+        .unwrap_err();
         assert_eq!(err.code, 422);
         let err = apply_patch(PatchType::Json, &current, &json!({"op": "add"})).unwrap_err();
         assert_eq!(err.code, 400);
-        let err = apply_patch(PatchType::Json, &current, &json!([{"op": "test", "path": "/data/k", "value": "other"}])).unwrap_err();
+        let err = apply_patch(
+            PatchType::Json,
+            &current,
+            &json!([{"op": "test", "path": "/data/k", "value": "other"}]),
+        )
+        .unwrap_err();
         assert_eq!(err.code, 422);
     }
 }

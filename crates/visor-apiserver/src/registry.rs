@@ -84,7 +84,7 @@ impl Filter {
         for r in &fields.requirements {
             let known = r.field == "metadata.name"
                 || r.field == "metadata.namespace"
-                || def.selectable_fields.iter().any(|f| *f == r.field);
+                || def.selectable_fields.contains(&r.field);
             if !known {
                 return Err(ApiError::bad_request(format!(
                     "field label not supported: {}",
@@ -109,12 +109,18 @@ struct ContinueToken {
 }
 
 fn encode_continue(revision: Revision, last_key: &str) -> String {
-    let token = ContinueToken { v: "meta.k8s.io/v1".into(), rv: revision, start: last_key.to_string() };
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).expect("token serialises"))
+    let token = ContinueToken {
+        v: "meta.k8s.io/v1".into(),
+        rv: revision,
+        start: last_key.to_string(),
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&token).expect("token serialises"))
 }
 
 fn decode_continue(token: &str) -> ApiResult<ContinueToken> {
-    let invalid = || ApiError::bad_request("continue key is not valid: illegal base64 data or JSON");
+    let invalid =
+        || ApiError::bad_request("continue key is not valid: illegal base64 data or JSON");
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token.trim_end_matches('='))
         .map_err(|_| invalid())?;
@@ -126,27 +132,45 @@ fn decode_continue(token: &str) -> ApiResult<ContinueToken> {
 }
 
 fn parse_revision(value: &str) -> ApiResult<Revision> {
-    value.parse::<Revision>().ok().filter(|r| *r >= 0).ok_or_else(|| {
-        ApiError::bad_request(format!("invalid resource version {value:?}: must be a non-negative integer"))
-    })
+    value
+        .parse::<Revision>()
+        .ok()
+        .filter(|r| *r >= 0)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid resource version {value:?}: must be a non-negative integer"
+            ))
+        })
 }
 
 /// Reads a request body as a JSON object: JSON, or YAML when the content type says so.
 pub fn decode_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
-    let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let value: Value = match media.as_str() {
-        "application/json" | "" => serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding request body: invalid JSON: {e}")))?,
+        "application/json" | "" => serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("error decoding request body: invalid JSON: {e}"))
+        })?,
         "application/yaml" | "application/x-yaml" | "text/yaml" => {
-            let text = std::str::from_utf8(body)
-                .map_err(|_| ApiError::bad_request("error decoding request body: YAML is not valid UTF-8"))?;
-            serde_saphyr::from_str(text)
-                .map_err(|e| ApiError::bad_request(format!("error decoding request body: invalid YAML: {e}")))?
+            let text = std::str::from_utf8(body).map_err(|_| {
+                ApiError::bad_request("error decoding request body: YAML is not valid UTF-8")
+            })?;
+            serde_saphyr::from_str(text).map_err(|e| {
+                ApiError::bad_request(format!("error decoding request body: invalid YAML: {e}"))
+            })?
         }
+        "application/vnd.kubernetes.protobuf" => crate::protobuf::decode(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))?,
         _ => return Err(ApiError::unsupported_media_type(content_type)),
     };
     if !value.is_object() {
-        return Err(ApiError::bad_request("error decoding request body: the body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "error decoding request body: the body must be a JSON object",
+        ));
     }
     Ok(value)
 }
@@ -154,7 +178,10 @@ pub fn decode_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
 impl Registry {
     /// Waits until the cache reflects every acknowledged write.
     async fn sync(&self) -> ApiResult<Revision> {
-        self.cache.sync(CACHE_SYNC_TIMEOUT).await.map_err(|e| ApiError::from_store(e, "", "", ""))
+        self.cache
+            .sync(CACHE_SYNC_TIMEOUT)
+            .await
+            .map_err(|e| ApiError::from_store(e, "", "", ""))
     }
 
     /// Brings the cache at least to `revision`, or to the present when `None`.
@@ -162,11 +189,20 @@ impl Registry {
         match min_revision {
             Some(0) => Ok(()),
             Some(r) => {
-                let current = self.store.current_revision().await.map_err(|e| ApiError::from_store(e, "", "", ""))?;
+                let current = self
+                    .store
+                    .current_revision()
+                    .await
+                    .map_err(|e| ApiError::from_store(e, "", "", ""))?;
                 if r > current {
-                    return Err(ApiError::timeout(format!("Too large resource version: {r}, current: {current}")));
+                    return Err(ApiError::timeout(format!(
+                        "Too large resource version: {r}, current: {current}"
+                    )));
                 }
-                self.cache.wait_for(r, CACHE_SYNC_TIMEOUT).await.map_err(|e| ApiError::from_store(e, "", "", ""))
+                self.cache
+                    .wait_for(r, CACHE_SYNC_TIMEOUT)
+                    .await
+                    .map_err(|e| ApiError::from_store(e, "", "", ""))
             }
             None => self.sync().await.map(|_| ()),
         }
@@ -194,7 +230,11 @@ impl Registry {
     // Reads
 
     pub async fn get(&self, scope: &Scope, name: &str, query: &Query) -> ApiResult<Bytes> {
-        let min_revision = query.resource_version.as_deref().map(parse_revision).transpose()?;
+        let min_revision = query
+            .resource_version
+            .as_deref()
+            .map(parse_revision)
+            .transpose()?;
         self.wait_fresh(min_revision).await?;
         let key = scope.def.key(scope.namespace.as_deref(), name);
         let cached = self.cache.get(&key).ok_or_else(|| scope.not_found(name))?;
@@ -210,7 +250,8 @@ impl Registry {
             .await
             .map_err(|e| ApiError::from_store(e, scope.group(), scope.resource(), name))?;
         let kv = kv.ok_or_else(|| scope.not_found(name))?;
-        let value = object::from_kv(&kv).ok_or_else(|| ApiError::internal(format!("stored object {key} is not JSON")))?;
+        let value = object::from_kv(&kv)
+            .ok_or_else(|| ApiError::internal(format!("stored object {key} is not JSON")))?;
         Ok((value, kv.mod_revision))
     }
 
@@ -219,22 +260,44 @@ impl Registry {
         let prefix = scope.def.namespace_prefix(scope.namespace.as_deref());
         if let Some(token) = &query.continue_token {
             let token = decode_continue(token)?;
-            return self.list_from_store(scope, &prefix, &filter, token.rv, Some(&token.start), query.limit).await;
+            return self
+                .list_from_store(
+                    scope,
+                    &prefix,
+                    &filter,
+                    token.rv,
+                    Some(&token.start),
+                    query.limit,
+                )
+                .await;
         }
         let exact = query.resource_version_match.as_deref() == Some("Exact");
-        match (query.resource_version_match.as_deref(), query.resource_version.as_deref()) {
+        match (
+            query.resource_version_match.as_deref(),
+            query.resource_version.as_deref(),
+        ) {
             (Some("Exact" | "NotOlderThan"), None) => {
-                return Err(ApiError::bad_request("resourceVersionMatch is forbidden unless resourceVersion is provided"));
+                return Err(ApiError::bad_request(
+                    "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                ));
             }
             (Some(m), _) if m != "Exact" && m != "NotOlderThan" => {
-                return Err(ApiError::bad_request(format!("resourceVersionMatch: Unsupported value: {m:?}: supported values: \"Exact\", \"NotOlderThan\"")));
+                return Err(ApiError::bad_request(format!(
+                    "resourceVersionMatch: Unsupported value: {m:?}: supported values: \"Exact\", \"NotOlderThan\""
+                )));
             }
             _ => {}
         }
-        let min_revision = query.resource_version.as_deref().map(parse_revision).transpose()?;
+        let min_revision = query
+            .resource_version
+            .as_deref()
+            .map(parse_revision)
+            .transpose()?;
         if exact {
             let revision = min_revision.unwrap_or_default();
-            return self.list_from_store(scope, &prefix, &filter, revision, None, query.limit).await;
+            return self
+                .list_from_store(scope, &prefix, &filter, revision, None, query.limit)
+                .await;
         }
         self.wait_fresh(min_revision).await?;
         let (entries, revision) = self.cache.list(&prefix);
@@ -257,7 +320,12 @@ impl Registry {
                 remaining = Some(left);
             }
         }
-        Ok(ListResult { items, revision, continue_token, remaining })
+        Ok(ListResult {
+            items,
+            revision,
+            continue_token,
+            remaining,
+        })
     }
 
     /// A list read from the store at a fixed revision: continuation pages and exact reads.
@@ -286,7 +354,9 @@ impl Registry {
                 })?;
             let count = result.kvs.len();
             for kv in &result.kvs {
-                let Some(obj) = object::decode_for_cache(&self.catalog, kv) else { continue };
+                let Some(obj) = object::decode_for_cache(&self.catalog, kv) else {
+                    continue;
+                };
                 if !filter.matches(&obj) {
                     continue;
                 }
@@ -294,11 +364,21 @@ impl Registry {
                 if limit.is_some_and(|l| items.len() >= l) {
                     let more = result.more || kv.key != result.kvs[count - 1].key;
                     let continue_token = more.then(|| encode_continue(revision, &kv.key));
-                    return Ok(ListResult { items, revision, continue_token, remaining: None });
+                    return Ok(ListResult {
+                        items,
+                        revision,
+                        continue_token,
+                        remaining: None,
+                    });
                 }
             }
             if !result.more || count == 0 {
-                return Ok(ListResult { items, revision, continue_token: None, remaining: None });
+                return Ok(ListResult {
+                    items,
+                    revision,
+                    continue_token: None,
+                    remaining: None,
+                });
             }
             start = result.kvs.last().map(|kv| kv.key.clone());
         }
@@ -309,18 +389,30 @@ impl Registry {
 
     /// Checks a body's `apiVersion` and `kind` against the endpoint, filling them if absent.
     fn check_type(&self, def: &ResourceDef, obj: &mut Value) -> ApiResult<()> {
-        let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
-        let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
+        let api_version = obj
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let kind = obj
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         if api_version.is_empty() && kind.is_empty() {
             obj["apiVersion"] = json!(def.api_version());
             obj["kind"] = json!(def.kind);
             return Ok(());
         }
         if kind.is_empty() {
-            return Err(ApiError::bad_request("Object 'Kind' is missing in the request body"));
+            return Err(ApiError::bad_request(
+                "Object 'Kind' is missing in the request body",
+            ));
         }
         if api_version.is_empty() {
-            return Err(ApiError::bad_request(format!("Object 'apiVersion' is missing in the request body of kind {kind:?}")));
+            return Err(ApiError::bad_request(format!(
+                "Object 'apiVersion' is missing in the request body of kind {kind:?}"
+            )));
         }
         if api_version != def.api_version() {
             return Err(ApiError::bad_request(format!(
@@ -341,13 +433,19 @@ impl Registry {
     fn admit(&self, scope: &Scope, obj: &mut Value, old: Option<&Value>) -> ApiResult<()> {
         let def = &scope.def;
         if let Some(check) = def.decode_check {
-            check(obj).map_err(|e| ApiError::bad_request(format!("error decoding {} body: {e}", def.kind)))?;
+            check(obj).map_err(|e| {
+                ApiError::bad_request(format!("error decoding {} body: {e}", def.kind))
+            })?;
         }
         if let Some(defaulter) = def.defaulter {
             defaulter(obj);
         }
         let mut errors = match meta(obj) {
-            Some(_) => validation::validate_object_meta(&obj["metadata"], def.namespaced, def.name_is_label),
+            Some(_) => validation::validate_object_meta(
+                &obj["metadata"],
+                def.namespaced,
+                def.name_is_label,
+            ),
             None => vec![FieldError::required("metadata", "")],
         };
         if let Some(validator) = def.validator {
@@ -355,21 +453,30 @@ impl Registry {
         }
         if !errors.is_empty() {
             let name = object::name(obj).to_string();
-            return Err(ApiError::invalid(def.group.as_str(), &def.kind, &name, &errors));
+            return Err(ApiError::invalid(
+                def.group.as_str(),
+                &def.kind,
+                &name,
+                &errors,
+            ));
         }
         Ok(())
     }
 
     /// The namespace lifecycle admission check: the namespace exists and is not terminating.
     async fn check_namespace(&self, scope: &Scope, name: &str) -> ApiResult<()> {
-        let Some(ns) = scope.namespace.as_deref().filter(|_| scope.def.namespaced) else { return Ok(()) };
+        let Some(ns) = scope.namespace.as_deref().filter(|_| scope.def.namespaced) else {
+            return Ok(());
+        };
         let key = format!("/registry/core/namespaces/{ns}");
         let cached = match self.cache.get(&key) {
             Some(c) => c,
             None => {
                 // The namespace may have been created a moment ago; catch up before refusing.
                 self.sync().await?;
-                self.cache.get(&key).ok_or_else(|| ApiError::not_found("", "namespaces", ns))?
+                self.cache
+                    .get(&key)
+                    .ok_or_else(|| ApiError::not_found("", "namespaces", ns))?
             }
         };
         if cached.field("status.phase") == Some("Terminating") {
@@ -382,7 +489,12 @@ impl Registry {
         Ok(())
     }
 
-    pub async fn create(&self, scope: &Scope, mut obj: Value, query: &Query) -> ApiResult<WriteResult> {
+    pub async fn create(
+        &self,
+        scope: &Scope,
+        mut obj: Value,
+        query: &Query,
+    ) -> ApiResult<WriteResult> {
         let def = scope.def.clone();
         self.check_type(&def, &mut obj)?;
         let body_ns = object::namespace(&obj).to_string();
@@ -395,15 +507,23 @@ impl Registry {
                 }
                 meta_mut(&mut obj).insert("namespace".into(), json!(ns));
             }
-            (None, true) => return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource: {} are namespaced; create them in a namespace", def.plural))),
+            (None, true) => {
+                return Err(ApiError::method_not_allowed(format!(
+                    "the server does not allow this method on the requested resource: {} are namespaced; create them in a namespace",
+                    def.plural
+                )));
+            }
             (_, false) => {
                 meta_mut(&mut obj).remove("namespace");
             }
         }
-        let generate = object::name(&obj).is_empty() && object::meta_str(&obj, "generateName").is_some_and(|g| !g.is_empty());
+        let generate = object::name(&obj).is_empty()
+            && object::meta_str(&obj, "generateName").is_some_and(|g| !g.is_empty());
         prepare_create(&def, &mut obj);
         if generate {
-            let prefix = object::meta_str(&obj, "generateName").unwrap_or_default().to_string();
+            let prefix = object::meta_str(&obj, "generateName")
+                .unwrap_or_default()
+                .to_string();
             meta_mut(&mut obj).insert("name".into(), json!(generated_name(&prefix)));
         }
         self.admit(scope, &mut obj, None)?;
@@ -413,24 +533,43 @@ impl Registry {
         }
         let name = object::name(&obj).to_string();
         if query.dry_run {
-            return Ok(WriteResult { object: self.present(&def, obj), created: true });
+            return Ok(WriteResult {
+                object: self.present(&def, obj),
+                created: true,
+            });
         }
         let key = def.key(scope.namespace.as_deref(), &name);
         let mut attempts = 0;
         let revision = loop {
-            match self.store.create(&key, object::to_storage_bytes(&obj)).await {
+            match self
+                .store
+                .create(&key, object::to_storage_bytes(&obj))
+                .await
+            {
                 Ok(revision) => break revision,
                 // A generated name collided: upstream retries with a fresh one.
                 Err(StoreError::AlreadyExists(_)) if generate && attempts < 8 => {
                     attempts += 1;
-                    let prefix = object::meta_str(&obj, "generateName").unwrap_or_default().to_string();
+                    let prefix = object::meta_str(&obj, "generateName")
+                        .unwrap_or_default()
+                        .to_string();
                     meta_mut(&mut obj).insert("name".into(), json!(generated_name(&prefix)));
                 }
-                Err(e) => return Err(ApiError::from_store(e, scope.group(), scope.resource(), &name)),
+                Err(e) => {
+                    return Err(ApiError::from_store(
+                        e,
+                        scope.group(),
+                        scope.resource(),
+                        &name,
+                    ));
+                }
             }
         };
         object::set_resource_version(&mut obj, revision);
-        Ok(WriteResult { object: self.present(&def, obj), created: true })
+        Ok(WriteResult {
+            object: self.present(&def, obj),
+            created: true,
+        })
     }
 
     /// Replaces an object (`subresource` None), or its status, or a namespace's finalizers.
@@ -498,13 +637,20 @@ impl Registry {
             if let Some(expected) = precondition
                 && expected != revision
             {
-                return Err(ApiError::stale_object(scope.group(), scope.resource(), name));
+                return Err(ApiError::stale_object(
+                    scope.group(),
+                    scope.resource(),
+                    name,
+                ));
             }
             let mut next = mutate(&current)?;
             meta_mut(&mut next).insert("resourceVersion".into(), json!(revision.to_string()));
             self.admit(scope, &mut next, Some(&current))?;
             if def.tracks_generation && spec_changed(&current, &next) {
-                let generation = meta(&current).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(1);
+                let generation = meta(&current)
+                    .and_then(|m| m.get("generation"))
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
                 meta_mut(&mut next).insert("generation".into(), json!(generation + 1));
             }
             if object::is_deleting(&current) {
@@ -515,43 +661,88 @@ impl Registry {
                             def.group.as_str(),
                             &def.kind,
                             name,
-                            &[FieldError::forbidden("metadata.finalizers", &format!("no new finalizers can be added if the object is being deleted, found new finalizers [{f}]"))],
+                            &[FieldError::forbidden(
+                                "metadata.finalizers",
+                                &format!(
+                                    "no new finalizers can be added if the object is being deleted, found new finalizers [{f}]"
+                                ),
+                            )],
                         ));
                     }
                 }
             }
             if next == current {
-                return Ok(WriteResult { object: self.present(&def, current), created: false });
+                return Ok(WriteResult {
+                    object: self.present(&def, current),
+                    created: false,
+                });
             }
             if dry_run {
-                return Ok(WriteResult { object: self.present(&def, next), created: false });
+                return Ok(WriteResult {
+                    object: self.present(&def, next),
+                    created: false,
+                });
             }
-            let finished = object::is_deleting(&next) && object::finalizers(&next).is_empty() && !holds_namespace_finalizers(&def, &next);
+            let finished = object::is_deleting(&next)
+                && object::finalizers(&next).is_empty()
+                && !holds_namespace_finalizers(&def, &next);
             if finished {
                 return match self.store.delete(&key, Some(revision)).await {
                     Ok((rev, _)) => {
                         object::set_resource_version(&mut next, rev);
-                        Ok(WriteResult { object: self.present(&def, next), created: false })
+                        Ok(WriteResult {
+                            object: self.present(&def, next),
+                            created: false,
+                        })
                     }
                     Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
-                    Err(e) => Err(ApiError::from_store(e, scope.group(), scope.resource(), name)),
+                    Err(e) => Err(ApiError::from_store(
+                        e,
+                        scope.group(),
+                        scope.resource(),
+                        name,
+                    )),
                 };
             }
-            match self.store.update(&key, object::to_storage_bytes(&next), revision).await {
+            match self
+                .store
+                .update(&key, object::to_storage_bytes(&next), revision)
+                .await
+            {
                 Ok(rev) => {
                     object::set_resource_version(&mut next, rev);
-                    return Ok(WriteResult { object: self.present(&def, next), created: false });
+                    return Ok(WriteResult {
+                        object: self.present(&def, next),
+                        created: false,
+                    });
                 }
                 Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
-                Err(e) => return Err(ApiError::from_store(e, scope.group(), scope.resource(), name)),
+                Err(e) => {
+                    return Err(ApiError::from_store(
+                        e,
+                        scope.group(),
+                        scope.resource(),
+                        name,
+                    ));
+                }
             }
         }
-        Err(ApiError::conflict(scope.group(), scope.resource(), name, "too many concurrent updates; try again"))
+        Err(ApiError::conflict(
+            scope.group(),
+            scope.resource(),
+            name,
+            "too many concurrent updates; try again",
+        ))
     }
 
     /// Deletes an object, honouring preconditions, finalizers and graceful deletion.
     /// Returns the object as it was deleted (or as it now is, when deletion is pending).
-    pub async fn delete(&self, scope: &Scope, name: &str, options: &DeleteOptions) -> ApiResult<Value> {
+    pub async fn delete(
+        &self,
+        scope: &Scope,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> ApiResult<Value> {
         let def = scope.def.clone();
         let key = def.key(scope.namespace.as_deref(), name);
         for _ in 0..UPDATE_RETRIES {
@@ -566,13 +757,24 @@ impl Registry {
                 if options.dry_run {
                     return Ok(self.present(&def, next));
                 }
-                match self.store.update(&key, object::to_storage_bytes(&next), revision).await {
+                match self
+                    .store
+                    .update(&key, object::to_storage_bytes(&next), revision)
+                    .await
+                {
                     Ok(rev) => {
                         object::set_resource_version(&mut next, rev);
                         return Ok(self.present(&def, next));
                     }
                     Err(StoreError::Conflict { .. }) => continue,
-                    Err(e) => return Err(ApiError::from_store(e, scope.group(), scope.resource(), name)),
+                    Err(e) => {
+                        return Err(ApiError::from_store(
+                            e,
+                            scope.group(),
+                            scope.resource(),
+                            name,
+                        ));
+                    }
                 }
             }
             if options.dry_run {
@@ -585,39 +787,73 @@ impl Registry {
                     return Ok(self.present(&def, gone));
                 }
                 Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(ApiError::from_store(e, scope.group(), scope.resource(), name)),
+                Err(e) => {
+                    return Err(ApiError::from_store(
+                        e,
+                        scope.group(),
+                        scope.resource(),
+                        name,
+                    ));
+                }
             }
         }
-        Err(ApiError::conflict(scope.group(), scope.resource(), name, "too many concurrent updates; try again"))
+        Err(ApiError::conflict(
+            scope.group(),
+            scope.resource(),
+            name,
+            "too many concurrent updates; try again",
+        ))
     }
 
     /// Deletes every object a list with the same selectors would return.
-    pub async fn delete_collection(&self, scope: &Scope, query: &Query, options: &DeleteOptions) -> ApiResult<ListResult> {
+    pub async fn delete_collection(
+        &self,
+        scope: &Scope,
+        query: &Query,
+        options: &DeleteOptions,
+    ) -> ApiResult<ListResult> {
         let mut list_query = query.clone();
         list_query.limit = None;
         list_query.continue_token = None;
         let listed = self.list(scope, &list_query).await?;
         let mut deleted = Vec::new();
         for item in listed.items {
-            let value: Value = serde_json::from_slice(&item).map_err(|e| ApiError::internal(e.to_string()))?;
+            let value: Value =
+                serde_json::from_slice(&item).map_err(|e| ApiError::internal(e.to_string()))?;
             let item_scope = Scope {
                 def: scope.def.clone(),
                 namespace: Some(object::namespace(&value).to_string()).filter(|n| !n.is_empty()),
             };
-            match self.delete(&item_scope, object::name(&value), options).await {
-                Ok(obj) => deleted.push(Bytes::from(serde_json::to_vec(&obj).expect("JSON serialises"))),
+            match self
+                .delete(&item_scope, object::name(&value), options)
+                .await
+            {
+                Ok(obj) => deleted.push(Bytes::from(
+                    serde_json::to_vec(&obj).expect("JSON serialises"),
+                )),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(ListResult { items: deleted, revision: listed.revision, continue_token: None, remaining: None })
+        Ok(ListResult {
+            items: deleted,
+            revision: listed.revision,
+            continue_token: None,
+            remaining: None,
+        })
     }
 
     /// The autoscaling/v1 Scale view of an object with `.spec.replicas`.
     pub fn scale_of(&self, def: &ResourceDef, obj: &Value) -> Value {
         let m = meta(obj).cloned().unwrap_or_default();
         let mut scale_meta = Map::new();
-        for field in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {
+        for field in [
+            "name",
+            "namespace",
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+        ] {
             if let Some(v) = m.get(field) {
                 scale_meta.insert(field.into(), v.clone());
             }
@@ -640,16 +876,30 @@ impl Registry {
     }
 
     /// Writes a Scale's replicas into the object.
-    pub async fn update_scale(&self, scope: &Scope, name: &str, scale: Value, query: &Query) -> ApiResult<Value> {
+    pub async fn update_scale(
+        &self,
+        scope: &Scope,
+        name: &str,
+        scale: Value,
+        query: &Query,
+    ) -> ApiResult<Value> {
         let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64);
         let Some(replicas) = replicas.filter(|r| *r >= 0) else {
-            return Err(ApiError::invalid("autoscaling", "Scale", name, &[FieldError::invalid(
-                "spec.replicas",
-                scale.pointer("/spec/replicas").unwrap_or(&Value::Null),
-                "must be greater than or equal to 0",
-            )]));
+            return Err(ApiError::invalid(
+                "autoscaling",
+                "Scale",
+                name,
+                &[FieldError::invalid(
+                    "spec.replicas",
+                    scale.pointer("/spec/replicas").unwrap_or(&Value::Null),
+                    "must be greater than or equal to 0",
+                )],
+            ));
         };
-        let precondition = object::meta_str(&scale, "resourceVersion").filter(|r| !r.is_empty()).map(parse_revision).transpose()?;
+        let precondition = object::meta_str(&scale, "resourceVersion")
+            .filter(|r| !r.is_empty())
+            .map(parse_revision)
+            .transpose()?;
         let result = self
             .guaranteed_update(scope, name, precondition, query.dry_run, |current| {
                 let mut next = current.clone();
@@ -662,7 +912,11 @@ impl Registry {
 
     /// Looks up an object's stored key-value directly (used by the namespace controller path).
     pub async fn raw(&self, key: &str) -> ApiResult<Option<KeyValue>> {
-        self.store.get(key, None).await.map(|(kv, _)| kv).map_err(|e| ApiError::from_store(e, "", "", ""))
+        self.store
+            .get(key, None)
+            .await
+            .map(|(kv, _)| kv)
+            .map_err(|e| ApiError::from_store(e, "", "", ""))
     }
 }
 
@@ -677,8 +931,16 @@ pub fn selector_string(selector: &Value) -> String {
     if let Some(exprs) = selector.get("matchExpressions").and_then(Value::as_array) {
         for e in exprs {
             let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
-            let values: Vec<&str> = e.get("values").and_then(Value::as_array).map(|v| v.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-            match e.get("operator").and_then(Value::as_str).unwrap_or_default() {
+            let values: Vec<&str> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .map(|v| v.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            match e
+                .get("operator")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+            {
                 "In" => parts.push(format!("{key} in ({})", values.join(","))),
                 "NotIn" => parts.push(format!("{key} notin ({})", values.join(","))),
                 "Exists" => parts.push(key.to_string()),
@@ -687,7 +949,10 @@ pub fn selector_string(selector: &Value) -> String {
             }
         }
     }
-    if parts.is_empty() && selector.is_object() && !selector.as_object().is_some_and(|m| m.is_empty()) {
+    if parts.is_empty()
+        && selector.is_object()
+        && !selector.as_object().is_some_and(|m| m.is_empty())
+    {
         return String::new();
     }
     parts.join(",")
@@ -716,10 +981,14 @@ impl DeleteOptions {
             if let Some(kind) = value.get("kind").and_then(Value::as_str)
                 && kind != "DeleteOptions"
             {
-                return Err(ApiError::bad_request(format!("expected a DeleteOptions body, got kind {kind:?}")));
+                return Err(ApiError::bad_request(format!(
+                    "expected a DeleteOptions body, got kind {kind:?}"
+                )));
             }
             if let Some(g) = value.get("gracePeriodSeconds").filter(|v| !v.is_null()) {
-                options.grace_period_seconds = Some(g.as_i64().ok_or_else(|| ApiError::bad_request("gracePeriodSeconds must be an integer"))?);
+                options.grace_period_seconds = Some(g.as_i64().ok_or_else(|| {
+                    ApiError::bad_request("gracePeriodSeconds must be an integer")
+                })?);
             }
             if let Some(p) = value.get("propagationPolicy").and_then(Value::as_str) {
                 options.propagation_policy = Some(p.to_string());
@@ -727,7 +996,10 @@ impl DeleteOptions {
             if let Some(uid) = value.pointer("/preconditions/uid").and_then(Value::as_str) {
                 options.precondition_uid = Some(uid.to_string());
             }
-            if let Some(rv) = value.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
+            if let Some(rv) = value
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+            {
                 options.precondition_resource_version = Some(rv.to_string());
             }
             if let Some(dry) = value.get("dryRun").and_then(Value::as_array) {
@@ -737,11 +1009,16 @@ impl DeleteOptions {
         if let Some(policy) = &options.propagation_policy
             && !matches!(policy.as_str(), "Orphan" | "Background" | "Foreground")
         {
-            return Err(ApiError::invalid("", "DeleteOptions", "", &[FieldError::not_supported(
-                "propagationPolicy",
-                &json!(policy),
-                &["Foreground", "Background", "Orphan"],
-            )]));
+            return Err(ApiError::invalid(
+                "",
+                "DeleteOptions",
+                "",
+                &[FieldError::not_supported(
+                    "propagationPolicy",
+                    &json!(policy),
+                    &["Foreground", "Background", "Orphan"],
+                )],
+            ));
         }
         if options.grace_period_seconds.is_some_and(|g| g < 0) {
             options.grace_period_seconds = Some(0);
@@ -749,7 +1026,13 @@ impl DeleteOptions {
         Ok(options)
     }
 
-    fn check_preconditions(&self, scope: &Scope, name: &str, current: &Value, revision: Revision) -> ApiResult<()> {
+    fn check_preconditions(
+        &self,
+        scope: &Scope,
+        name: &str,
+        current: &Value,
+        revision: Revision,
+    ) -> ApiResult<()> {
         if let Some(uid) = &self.precondition_uid
             && object::meta_str(current, "uid") != Some(uid.as_str())
         {
@@ -770,7 +1053,9 @@ impl DeleteOptions {
                 scope.group(),
                 scope.resource(),
                 name,
-                &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {revision}"),
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {revision}"
+                ),
             ));
         }
         Ok(())
@@ -779,6 +1064,18 @@ impl DeleteOptions {
 
 /// Sets the system-owned metadata of a new object, as upstream's `BeforeCreate`.
 fn prepare_create(def: &ResourceDef, obj: &mut Value) {
+    let m = meta_mut(obj);
+    // Protobuf clients send every metadata field, empty ones included; upstream's JSON form
+    // omits them, and so do we. (deletionGracePeriodSeconds is the one field where 0 means
+    // something, and it is system-owned.)
+    m.retain(|_, v| match v {
+        Value::Null => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Number(n) => n.as_i64() != Some(0),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        Value::Bool(_) => true,
+    });
     let m = meta_mut(obj);
     m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     m.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
@@ -836,18 +1133,41 @@ fn qos_class(pod: &Value) -> &'static str {
 fn generated_name(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let random = uuid::Uuid::new_v4();
-    let suffix: String = random.as_bytes().iter().take(5).map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
+    let suffix: String = random
+        .as_bytes()
+        .iter()
+        .take(5)
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect();
     let max_prefix = 63 - 5;
-    let prefix = if prefix.len() > max_prefix { &prefix[..max_prefix] } else { prefix };
+    let prefix = if prefix.len() > max_prefix {
+        &prefix[..max_prefix]
+    } else {
+        prefix
+    };
     format!("{prefix}{suffix}")
 }
 
 /// Builds the object an update stores from the current one and the body, per endpoint.
-pub(crate) fn merge_for_update(def: &ResourceDef, subresource: Option<Subresource>, current: &Value, next: &mut Value) {
+pub(crate) fn merge_for_update(
+    def: &ResourceDef,
+    subresource: Option<Subresource>,
+    current: &Value,
+    next: &mut Value,
+) {
     // System-owned metadata always comes from the stored object.
     let current_meta = meta(current).cloned().unwrap_or_default();
     let next_meta = meta_mut(next);
-    for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "name", "namespace", "selfLink"] {
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "name",
+        "namespace",
+        "selfLink",
+    ] {
         match current_meta.get(field) {
             Some(v) => {
                 next_meta.insert(field.into(), v.clone());
@@ -915,7 +1235,10 @@ fn spec_changed(old: &Value, new: &Value) -> bool {
 fn holds_namespace_finalizers(def: &ResourceDef, obj: &Value) -> bool {
     def.kind == "Namespace"
         && def.group.is_empty()
-        && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty())
+        && obj
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty())
 }
 
 /// Decides whether deleting `obj` must wait (finalizers, graceful pod deletion, namespace
@@ -926,12 +1249,17 @@ fn mark_for_deletion(def: &ResourceDef, obj: &mut Value, options: &DeleteOptions
         Some("Foreground") if !finalizers.iter().any(|f| f == "foregroundDeletion") => {
             finalizers.push("foregroundDeletion".into())
         }
-        Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => finalizers.push("orphan".into()),
+        Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => {
+            finalizers.push("orphan".into())
+        }
         _ => {}
     }
     let is_namespace = def.kind == "Namespace" && def.group.is_empty();
-    let graceful_pod = def.kind == "Pod" && def.group.is_empty() && pod_needs_graceful_deletion(obj, options);
-    let must_wait = !finalizers.is_empty() || (is_namespace && holds_namespace_finalizers(def, obj)) || graceful_pod;
+    let graceful_pod =
+        def.kind == "Pod" && def.group.is_empty() && pod_needs_graceful_deletion(obj, options);
+    let must_wait = !finalizers.is_empty()
+        || (is_namespace && holds_namespace_finalizers(def, obj))
+        || graceful_pod;
     if !must_wait {
         return false;
     }
@@ -939,7 +1267,10 @@ fn mark_for_deletion(def: &ResourceDef, obj: &mut Value, options: &DeleteOptions
     let grace = if graceful_pod {
         options
             .grace_period_seconds
-            .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+            .or_else(|| {
+                obj.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
             .unwrap_or(30)
     } else {
         0
@@ -950,7 +1281,10 @@ fn mark_for_deletion(def: &ResourceDef, obj: &mut Value, options: &DeleteOptions
         m.insert("deletionGracePeriodSeconds".into(), json!(grace));
     } else if graceful_pod {
         // A second delete may shorten the grace period, never lengthen it.
-        let current = m.get("deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(grace);
+        let current = m
+            .get("deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(grace);
         if grace < current {
             m.insert("deletionTimestamp".into(), json!(object::rfc3339_in(grace)));
             m.insert("deletionGracePeriodSeconds".into(), json!(grace));
@@ -968,8 +1302,14 @@ fn mark_for_deletion(def: &ResourceDef, obj: &mut Value, options: &DeleteOptions
 /// Upstream deletes a pod at once unless a kubelet must stop it first: the pod is bound to a
 /// node, not finished, and the grace period is not zero.
 fn pod_needs_graceful_deletion(pod: &Value, options: &DeleteOptions) -> bool {
-    let bound = pod.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-    let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+    let bound = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let finished = matches!(phase, "Succeeded" | "Failed");
     bound && !finished && options.grace_period_seconds != Some(0)
 }
@@ -977,7 +1317,9 @@ fn pod_needs_graceful_deletion(pod: &Value, options: &DeleteOptions) -> bool {
 impl ApiError {
     /// Marks a 403 as upstream's namespace-terminating cause, which clients look for.
     fn with_namespace_terminating(mut self) -> Self {
-        self.details = Some(json!({ "causes": [{ "reason": "NamespaceTerminating", "message": "namespace is being terminated", "field": "metadata.namespace" }] }));
+        self.details = Some(
+            json!({ "causes": [{ "reason": "NamespaceTerminating", "message": "namespace is being terminated", "field": "metadata.namespace" }] }),
+        );
         self
     }
 }

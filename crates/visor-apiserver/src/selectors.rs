@@ -66,7 +66,9 @@ fn check_label_key(key: &str) -> ApiResult<()> {
     };
     let name_ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     let prefix_ok = prefix.is_none_or(|p| {
@@ -74,7 +76,9 @@ fn check_label_key(key: &str) -> ApiResult<()> {
             && p.len() <= 253
             && p.split('.').all(|part| {
                 !part.is_empty()
-                    && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                     && !part.starts_with('-')
                     && !part.ends_with('-')
             })
@@ -91,7 +95,9 @@ fn check_label_key(key: &str) -> ApiResult<()> {
 fn check_label_value(value: &str) -> ApiResult<()> {
     let ok = value.is_empty()
         || (value.len() <= 63
-            && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             && value.starts_with(|c: char| c.is_ascii_alphanumeric())
             && value.ends_with(|c: char| c.is_ascii_alphanumeric()));
     if ok {
@@ -159,31 +165,54 @@ pub fn parse_label_selector(input: &str) -> ApiResult<LabelSelector> {
         let requirement = if let Some(key) = part.strip_prefix('!') {
             let key = key.trim();
             check_label_key(key)?;
-            LabelRequirement { key: key.to_string(), op: LabelOp::DoesNotExist }
+            LabelRequirement {
+                key: key.to_string(),
+                op: LabelOp::DoesNotExist,
+            }
         } else if let Some(idx) = part.find("!=") {
             let (key, value) = (part[..idx].trim(), part[idx + 2..].trim());
             check_label_key(key)?;
             check_label_value(value)?;
-            LabelRequirement { key: key.to_string(), op: LabelOp::NotEquals(value.to_string()) }
+            LabelRequirement {
+                key: key.to_string(),
+                op: LabelOp::NotEquals(value.to_string()),
+            }
         } else if let Some(idx) = part.find('=') {
             let key = part[..idx].trim();
-            let value = part[idx + 1..].strip_prefix('=').unwrap_or(&part[idx + 1..]).trim();
+            let value = part[idx + 1..]
+                .strip_prefix('=')
+                .unwrap_or(&part[idx + 1..])
+                .trim();
             check_label_key(key)?;
             check_label_value(value)?;
-            LabelRequirement { key: key.to_string(), op: LabelOp::Equals(value.to_string()) }
+            LabelRequirement {
+                key: key.to_string(),
+                op: LabelOp::Equals(value.to_string()),
+            }
         } else {
             let mut words = part.splitn(2, char::is_whitespace);
             let key = words.next().unwrap_or_default().trim();
             let rest = words.next().unwrap_or_default().trim();
             check_label_key(key)?;
             if rest.is_empty() {
-                LabelRequirement { key: key.to_string(), op: LabelOp::Exists }
+                LabelRequirement {
+                    key: key.to_string(),
+                    op: LabelOp::Exists,
+                }
             } else if let Some(set) = rest.strip_prefix("notin") {
-                LabelRequirement { key: key.to_string(), op: LabelOp::NotIn(parse_set(set)?) }
+                LabelRequirement {
+                    key: key.to_string(),
+                    op: LabelOp::NotIn(parse_set(set)?),
+                }
             } else if let Some(set) = rest.strip_prefix("in") {
-                LabelRequirement { key: key.to_string(), op: LabelOp::In(parse_set(set)?) }
+                LabelRequirement {
+                    key: key.to_string(),
+                    op: LabelOp::In(parse_set(set)?),
+                }
             } else {
-                return Err(label_error(format!("found '{rest}', expected: in, notin, =, ==, !=, gt, lt")));
+                return Err(label_error(format!(
+                    "found '{rest}', expected: in, notin, =, ==, !=, gt, lt"
+                )));
             }
         };
         selector.requirements.push(requirement);
@@ -218,7 +247,10 @@ impl FieldSelector {
 
     /// The value this selector pins `field` to with `=`, if any (used to narrow a list).
     pub fn exact(&self, field: &str) -> Option<&str> {
-        self.requirements.iter().find(|r| r.equal && r.field == field).map(|r| r.value.as_str())
+        self.requirements
+            .iter()
+            .find(|r| r.equal && r.field == field)
+            .map(|r| r.value.as_str())
     }
 }
 
@@ -248,11 +280,21 @@ fn unescape_field_value(value: &str) -> ApiResult<String> {
         if c == '\\' {
             match chars.next() {
                 Some(n @ ('\\' | ',' | '=')) => out.push(n),
-                Some(n) => return Err(ApiError::bad_request(format!("invalid field selector: invalid escape sequence: \\{n}"))),
-                None => return Err(ApiError::bad_request("invalid field selector: unterminated escape sequence")),
+                Some(n) => {
+                    return Err(ApiError::bad_request(format!(
+                        "invalid field selector: invalid escape sequence: \\{n}"
+                    )));
+                }
+                None => {
+                    return Err(ApiError::bad_request(
+                        "invalid field selector: unterminated escape sequence",
+                    ));
+                }
             }
         } else if matches!(c, ',' | '=') {
-            return Err(ApiError::bad_request(format!("invalid field selector: unescaped {c} in value {value:?}")));
+            return Err(ApiError::bad_request(format!(
+                "invalid field selector: unescaped {c} in value {value:?}"
+            )));
         } else {
             out.push(c);
         }
@@ -276,13 +318,21 @@ pub fn parse_field_selector(input: &str) -> ApiResult<FieldSelector> {
         } else if let Some(idx) = part.find('=') {
             (&part[..idx], &part[idx + 1..], true)
         } else {
-            return Err(ApiError::bad_request(format!("invalid selector: '{input}'; can't understand '{part}'")));
+            return Err(ApiError::bad_request(format!(
+                "invalid selector: '{input}'; can't understand '{part}'"
+            )));
         };
         let field = field.trim();
         if field.is_empty() {
-            return Err(ApiError::bad_request(format!("invalid selector: '{input}'; can't understand '{part}'")));
+            return Err(ApiError::bad_request(format!(
+                "invalid selector: '{input}'; can't understand '{part}'"
+            )));
         }
-        selector.requirements.push(FieldRequirement { field: field.to_string(), value: unescape_field_value(value)?, equal });
+        selector.requirements.push(FieldRequirement {
+            field: field.to_string(),
+            value: unescape_field_value(value)?,
+            equal,
+        });
     }
     Ok(selector)
 }
@@ -293,29 +343,54 @@ mod tests {
     use proptest::prelude::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn label_selector_forms() {
-        let s = parse_label_selector("app=web,tier!=db,env in (prod, staging),!legacy,team").unwrap();
+        let s =
+            parse_label_selector("app=web,tier!=db,env in (prod, staging),!legacy,team").unwrap();
         assert_eq!(s.requirements.len(), 5);
         assert!(s.matches_map(&labels(&[("app", "web"), ("env", "prod"), ("team", "a")])));
         assert!(!s.matches_map(&labels(&[("app", "web"), ("env", "dev"), ("team", "a")])));
-        assert!(!s.matches_map(&labels(&[("app", "web"), ("env", "prod"), ("team", "a"), ("legacy", "1")])));
+        assert!(!s.matches_map(&labels(&[
+            ("app", "web"),
+            ("env", "prod"),
+            ("team", "a"),
+            ("legacy", "1")
+        ])));
         let s = parse_label_selector("env notin (dev)").unwrap();
         assert!(s.matches_map(&labels(&[])));
         assert!(!s.matches_map(&labels(&[("env", "dev")])));
-        assert!(parse_label_selector("app==web").unwrap().matches_map(&labels(&[("app", "web")])));
+        assert!(
+            parse_label_selector("app==web")
+                .unwrap()
+                .matches_map(&labels(&[("app", "web")]))
+        );
         assert!(parse_label_selector("example.com/app=x").is_ok());
     }
 
     #[test]
     fn label_selector_errors() {
-        for bad in ["app=we b", "-app=x", "app in prod", "app in (a", "app=x,", "x y z", "a=b=c"] {
+        for bad in [
+            "app=we b",
+            "-app=x",
+            "app in prod",
+            "app in (a",
+            "app=x,",
+            "x y z",
+            "a=b=c",
+        ] {
             let err = parse_label_selector(bad).unwrap_err();
             assert_eq!(err.code, 400, "{bad}");
-            assert!(err.message.starts_with("unable to parse requirement"), "{bad}: {}", err.message);
+            assert!(
+                err.message.starts_with("unable to parse requirement"),
+                "{bad}: {}",
+                err.message
+            );
         }
     }
 

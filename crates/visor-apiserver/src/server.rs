@@ -20,11 +20,20 @@ use crate::handler::Handler;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Accepts connections until `shutdown` turns true, then drains them.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, handler: Arc<Handler>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    handler: Arc<Handler>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http2().max_concurrent_streams(1000).keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(1000)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -45,17 +54,18 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, handle
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
             let identity = tls
                 .get_ref()
                 .1
@@ -74,7 +84,10 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, handle
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::info!("closing connections still open after {DRAIN_TIMEOUT:?}");
     }
 }

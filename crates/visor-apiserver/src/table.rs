@@ -24,7 +24,9 @@ impl IncludeObject {
             None | Some("") | Some("Metadata") => Ok(IncludeObject::Metadata),
             Some("None") => Ok(IncludeObject::None),
             Some("Object") => Ok(IncludeObject::Object),
-            Some(other) => Err(format!("includeObject: Unsupported value: {other:?}: supported values: \"Metadata\", \"None\", \"Object\"")),
+            Some(other) => Err(format!(
+                "includeObject: Unsupported value: {other:?}: supported values: \"Metadata\", \"None\", \"Object\""
+            )),
         }
     }
 }
@@ -48,9 +50,15 @@ fn column_definitions(def: &ResourceDef) -> Value {
 
 fn cell(source: &CellSource, obj: &Value) -> Value {
     match source {
-        CellSource::Name => obj.pointer("/metadata/name").cloned().unwrap_or(Value::Null),
+        CellSource::Name => obj
+            .pointer("/metadata/name")
+            .cloned()
+            .unwrap_or(Value::Null),
         CellSource::Age => {
-            let created = obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or("");
+            let created = obj
+                .pointer("/metadata/creationTimestamp")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             Value::String(printers::age(created))
         }
         CellSource::Path(path) => printers::eval_path(obj, path).unwrap_or(Value::Null),
@@ -58,26 +66,39 @@ fn cell(source: &CellSource, obj: &Value) -> Value {
     }
 }
 
+/// An object reduced to its metadata, as `PartialObjectMetadata`.
+pub fn partial_metadata(obj: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj.get("metadata").cloned().unwrap_or(Value::Object(Map::new())),
+    })
+}
+
 /// One table row for an object.
 pub fn row(def: &ResourceDef, obj: &Value, include: IncludeObject) -> Value {
-    let cells: Vec<Value> = def.table_columns().iter().map(|c| cell(&c.source, obj)).collect();
+    let cells: Vec<Value> = def
+        .table_columns()
+        .iter()
+        .map(|c| cell(&c.source, obj))
+        .collect();
     let mut row = json!({ "cells": cells });
     match include {
         IncludeObject::None => {}
         IncludeObject::Object => row["object"] = obj.clone(),
-        IncludeObject::Metadata => {
-            row["object"] = json!({
-                "kind": "PartialObjectMetadata",
-                "apiVersion": "meta.k8s.io/v1",
-                "metadata": obj.get("metadata").cloned().unwrap_or(Value::Object(Map::new())),
-            })
-        }
+        IncludeObject::Metadata => row["object"] = partial_metadata(obj),
     }
     row
 }
 
 /// A Table of objects, with list metadata.
-pub fn table(def: &ResourceDef, objects: &[Value], list_meta: Value, include: IncludeObject, with_columns: bool) -> Value {
+pub fn table(
+    def: &ResourceDef,
+    objects: &[Value],
+    list_meta: Value,
+    include: IncludeObject,
+    with_columns: bool,
+) -> Value {
     let rows: Vec<Value> = objects.iter().map(|o| row(def, o, include)).collect();
     let mut table = json!({
         "kind": "Table",

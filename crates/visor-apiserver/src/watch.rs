@@ -31,6 +31,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 #[derive(Clone, Copy)]
 pub enum WatchFormat {
     Json,
+    /// Each object reduced to `PartialObjectMetadata`.
+    Metadata,
     Table(IncludeObject),
 }
 
@@ -53,17 +55,34 @@ impl Encoder {
                 out.freeze()
             }
             WatchFormat::Json => {
-                let converted = self.def.shared_storage.as_ref().map(|s| (s.from_storage)(obj.value())).unwrap_or_default();
+                let converted = self
+                    .def
+                    .shared_storage
+                    .as_ref()
+                    .map(|s| (s.from_storage)(obj.value()))
+                    .unwrap_or_default();
                 line(json!({ "type": kind, "object": converted }))
+            }
+            WatchFormat::Metadata => {
+                line(json!({ "type": kind, "object": table::partial_metadata(&obj.value()) }))
             }
             WatchFormat::Table(include) => {
                 let mut value = obj.value();
                 if let Some(shared) = &self.def.shared_storage {
                     value = (shared.from_storage)(value);
                 }
-                let revision = value.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
+                let revision = value
+                    .pointer("/metadata/resourceVersion")
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 let with_columns = std::mem::take(&mut self.first_table);
-                let t = table::table(&self.def, &[value], json!({ "resourceVersion": revision }), include, with_columns);
+                let t = table::table(
+                    &self.def,
+                    &[value],
+                    json!({ "resourceVersion": revision }),
+                    include,
+                    with_columns,
+                );
                 line(json!({ "type": kind, "object": t }))
             }
         }
@@ -102,18 +121,32 @@ pub async fn start(
 ) -> ApiResult<mpsc::Receiver<Bytes>> {
     let filter = Filter::parse(&scope.def, query)?;
     let prefix = scope.def.namespace_prefix(scope.namespace.as_deref());
-    let requested = query.resource_version.as_deref().filter(|rv| !rv.is_empty() && *rv != "0");
+    let requested = query
+        .resource_version
+        .as_deref()
+        .filter(|rv| !rv.is_empty() && *rv != "0");
     let send_initial = query.send_initial_events.unwrap_or(requested.is_none());
     let (tx, rx) = mpsc::channel::<Bytes>(256);
-    let mut encoder = Encoder { def: scope.def.clone(), format, first_table: true };
+    let mut encoder = Encoder {
+        def: scope.def.clone(),
+        format,
+        first_table: true,
+    };
 
     let (initial, mut watch) = match requested {
         Some(rv) => {
-            let after: i64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))?;
+            let after: i64 = rv
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))?;
             match registry.cache.watch_from(&prefix, after) {
                 Ok(w) => (Vec::new(), w),
-                Err(StoreError::Compacted { requested, compacted }) => {
-                    let err = ApiError::gone(format!("too old resource version: {requested} ({compacted})"));
+                Err(StoreError::Compacted {
+                    requested,
+                    compacted,
+                }) => {
+                    let err = ApiError::gone(format!(
+                        "too old resource version: {requested} ({compacted})"
+                    ));
                     let _ = tx.send(error_event(&err)).await;
                     return Ok(rx);
                 }
@@ -122,14 +155,21 @@ pub async fn start(
         }
         None => {
             if query.resource_version.is_none() {
-                registry.cache.sync(Duration::from_secs(10)).await.map_err(|e| ApiError::from_store(e, "", "", ""))?;
+                registry
+                    .cache
+                    .sync(Duration::from_secs(10))
+                    .await
+                    .map_err(|e| ApiError::from_store(e, "", "", ""))?;
             }
             let (snapshot, _, w) = registry.cache.snapshot_and_watch(&prefix);
             let initial = if send_initial { snapshot } else { Vec::new() };
             (initial, w)
         }
     };
-    let timeout = query.timeout_seconds.map(Duration::from_secs).unwrap_or(DEFAULT_TIMEOUT);
+    let timeout = query
+        .timeout_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TIMEOUT);
     let bookmarks = query.allow_watch_bookmarks;
     let initial_end_bookmark = query.send_initial_events == Some(true) && bookmarks;
     let start_revision = registry.cache.revision();
@@ -143,7 +183,12 @@ pub async fn start(
             }
         }
         if initial_end_bookmark {
-            let revision = initial.iter().map(|(_, o)| o.revision).max().unwrap_or(start_revision).max(start_revision);
+            let revision = initial
+                .iter()
+                .map(|(_, o)| o.revision)
+                .max()
+                .unwrap_or(start_revision)
+                .max(start_revision);
             if tx.send(encoder.bookmark(revision, true)).await.is_err() {
                 return;
             }
@@ -172,7 +217,9 @@ pub async fn start(
                     let before = event.prev.as_ref().is_some_and(|p| filter.matches(p));
                     let kind = match event.kind {
                         CacheEventKind::Added if now => "ADDED",
-                        CacheEventKind::Deleted if before || (event.prev.is_none() && now) => "DELETED",
+                        CacheEventKind::Deleted if before || (event.prev.is_none() && now) => {
+                            "DELETED"
+                        }
                         CacheEventKind::Modified if now && before => "MODIFIED",
                         CacheEventKind::Modified if now => "ADDED",
                         CacheEventKind::Modified if before => "DELETED",

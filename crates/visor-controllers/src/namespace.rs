@@ -36,13 +36,27 @@ pub enum Error {
     #[error("discovering resources: {0}")]
     Discovery(#[source] kube::Error),
     #[error("deleting {resource} in namespace {namespace}: {source}")]
-    DeleteContent { resource: String, namespace: String, source: kube::Error },
+    DeleteContent {
+        resource: String,
+        namespace: String,
+        source: kube::Error,
+    },
     #[error("listing {resource} in namespace {namespace}: {source}")]
-    ListContent { resource: String, namespace: String, source: kube::Error },
+    ListContent {
+        resource: String,
+        namespace: String,
+        source: kube::Error,
+    },
     #[error("releasing namespace {namespace}: {source}")]
-    Finalize { namespace: String, source: kube::Error },
+    Finalize {
+        namespace: String,
+        source: kube::Error,
+    },
     #[error("updating the status of namespace {namespace}: {source}")]
-    Status { namespace: String, source: kube::Error },
+    Status {
+        namespace: String,
+        source: kube::Error,
+    },
 }
 
 struct Context {
@@ -73,7 +87,10 @@ async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Actio
         .as_ref()
         .and_then(|s| s.finalizers.as_ref())
         .is_some_and(|f| f.iter().any(|x| x == FINALIZER));
-    match (namespace.metadata.deletion_timestamp.is_some(), holds_finalizer) {
+    match (
+        namespace.metadata.deletion_timestamp.is_some(),
+        holds_finalizer,
+    ) {
         // Live namespace: nothing to do until it is deleted.
         (false, _) => Ok(Action::await_change()),
         // Already released by us; the server removes it once other finalizers are gone.
@@ -85,7 +102,10 @@ async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Actio
 
 async fn drain(namespace: &Namespace, client: &Client) -> Result<Action, Error> {
     let name = namespace.name_any();
-    let discovery = Discovery::new(client.clone()).run().await.map_err(Error::Discovery)?;
+    let discovery = Discovery::new(client.clone())
+        .run()
+        .await
+        .map_err(Error::Discovery)?;
     let mut remaining: Vec<String> = Vec::new();
     for group in discovery.groups() {
         for (resource, caps) in group.recommended_resources() {
@@ -96,14 +116,27 @@ async fn drain(namespace: &Namespace, client: &Client) -> Result<Action, Error> 
             if caps.supports_operation(verbs::DELETE_COLLECTION) {
                 api.delete_collection(&DeleteParams::background(), &ListParams::default())
                     .await
-                    .map_err(|source| Error::DeleteContent { resource: resource.plural.clone(), namespace: name.clone(), source })?;
+                    .map_err(|source| Error::DeleteContent {
+                        resource: resource.plural.clone(),
+                        namespace: name.clone(),
+                        source,
+                    })?;
             }
             let left = api
                 .list_metadata(&ListParams::default())
                 .await
-                .map_err(|source| Error::ListContent { resource: resource.plural.clone(), namespace: name.clone(), source })?;
+                .map_err(|source| Error::ListContent {
+                    resource: resource.plural.clone(),
+                    namespace: name.clone(),
+                    source,
+                })?;
             if !left.items.is_empty() {
-                remaining.push(format!("{}.{} has {} resource instances", resource.plural, resource.group, left.items.len()));
+                remaining.push(format!(
+                    "{}.{} has {} resource instances",
+                    resource.plural,
+                    resource.group,
+                    left.items.len()
+                ));
             }
         }
     }
@@ -119,25 +152,47 @@ async fn drain(namespace: &Namespace, client: &Client) -> Result<Action, Error> 
         });
         let status = json!({ "status": { "phase": "Terminating", "conditions": [condition] } });
         namespaces
-            .patch_status(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&status))
+            .patch_status(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&status),
+            )
             .await
-            .map_err(|source| Error::Status { namespace: name.clone(), source })?;
+            .map_err(|source| Error::Status {
+                namespace: name.clone(),
+                source,
+            })?;
         return Ok(Action::requeue(CONTENT_REQUEUE));
     }
     let mut released = namespace.clone();
     if let Some(spec) = released.spec.as_mut() {
-        spec.finalizers = spec.finalizers.take().map(|f| f.into_iter().filter(|x| x != FINALIZER).collect());
+        spec.finalizers = spec
+            .finalizers
+            .take()
+            .map(|f| f.into_iter().filter(|x| x != FINALIZER).collect());
     }
-    match namespaces.replace_subresource("finalize", &name, &PostParams::default(), &released).await {
+    match namespaces
+        .replace_subresource("finalize", &name, &PostParams::default(), &released)
+        .await
+    {
         Ok(_) => {}
         // Someone else released it first, or it is already gone.
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => return Ok(Action::requeue(CONTENT_REQUEUE)),
-        Err(source) => return Err(Error::Finalize { namespace: name, source }),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
+            return Ok(Action::requeue(CONTENT_REQUEUE));
+        }
+        Err(source) => {
+            return Err(Error::Finalize {
+                namespace: name,
+                source,
+            });
+        }
     }
     tracing::info!(namespace = %name, "namespace emptied and released");
     Ok(Action::await_change())
 }
 
 fn now() -> String {
-    k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }

@@ -76,6 +76,9 @@ impl<T> Clone for WatchItem<T> {
     }
 }
 
+/// Objects under a prefix in key order, each with its key (an alias, for readability).
+pub type Snapshot<T> = Vec<(Arc<str>, Arc<T>)>;
+
 /// Tuning of a [`WatchCache`]; [`WatchCache::start`] uses the defaults with its `history`.
 #[derive(Clone, Debug)]
 pub struct CacheOptions {
@@ -89,7 +92,11 @@ pub struct CacheOptions {
 
 impl Default for CacheOptions {
     fn default() -> Self {
-        CacheOptions { history: 10_000, watcher_capacity: 10_000, progress_interval: Duration::from_secs(1) }
+        CacheOptions {
+            history: 10_000,
+            watcher_capacity: 10_000,
+            progress_interval: Duration::from_secs(1),
+        }
     }
 }
 
@@ -166,8 +173,16 @@ impl<T> Drop for WatchCache<T> {
 
 /// A decoded store event, ready to apply under the lock.
 enum Change<T> {
-    Put { key: String, object: Option<Arc<T>>, revision: Revision },
-    Delete { key: String, object: Option<Arc<T>>, revision: Revision },
+    Put {
+        key: String,
+        object: Option<Arc<T>>,
+        revision: Revision,
+    },
+    Delete {
+        key: String,
+        object: Option<Arc<T>>,
+        revision: Revision,
+    },
     Progress(Revision),
 }
 
@@ -184,7 +199,16 @@ impl<T: Send + Sync + 'static> WatchCache<T> {
         decode: impl Fn(&KeyValue) -> Option<T> + Send + Sync + 'static,
         history: usize,
     ) -> Result<Arc<Self>> {
-        Self::start_with(store, prefix, decode, CacheOptions { history, ..CacheOptions::default() }).await
+        Self::start_with(
+            store,
+            prefix,
+            decode,
+            CacheOptions {
+                history,
+                ..CacheOptions::default()
+            },
+        )
+        .await
     }
 
     /// [`WatchCache::start`] with every tunable.
@@ -198,7 +222,13 @@ impl<T: Send + Sync + 'static> WatchCache<T> {
         let mut items = BTreeMap::new();
         for kv in &kvs {
             if let Some(object) = decode_logged(&decode, kv) {
-                items.insert(Arc::from(kv.key.as_str()), Entry { object: Arc::new(object), mod_revision: kv.mod_revision });
+                items.insert(
+                    Arc::from(kv.key.as_str()),
+                    Entry {
+                        object: Arc::new(object),
+                        mod_revision: kv.mod_revision,
+                    },
+                );
             }
         }
         drop(kvs);
@@ -207,13 +237,21 @@ impl<T: Send + Sync + 'static> WatchCache<T> {
             prefix: prefix.to_owned(),
             decode: Box::new(decode),
             options,
-            state: RwLock::new(State { items, revision, history: VecDeque::new(), oldest: revision }),
+            state: RwLock::new(State {
+                items,
+                revision,
+                history: VecDeque::new(),
+                oldest: revision,
+            }),
             watchers: Mutex::new(Vec::new()),
             applied: watch::Sender::new(revision),
         });
         let follower = tokio::spawn(follow(inner.clone())).abort_handle();
         let ticker = tokio::spawn(report_progress(inner.clone())).abort_handle();
-        Ok(Arc::new(WatchCache { inner, tasks: vec![follower, ticker] }))
+        Ok(Arc::new(WatchCache {
+            inner,
+            tasks: vec![follower, ticker],
+        }))
     }
 
     /// The last revision applied.
@@ -248,7 +286,10 @@ impl<T: Send + Sync + 'static> WatchCache<T> {
             // them, and some backends report it only when asked.
             self.inner.store.request_progress().await?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.wait_for(target, left.min(Duration::from_millis(100))).await {
+            match self
+                .wait_for(target, left.min(Duration::from_millis(100)))
+                .await
+            {
                 Ok(()) => return Ok(self.revision()),
                 Err(e) if left <= Duration::from_millis(100) => return Err(e),
                 Err(_) => {}
@@ -257,11 +298,15 @@ impl<T: Send + Sync + 'static> WatchCache<T> {
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<T>> {
-        self.inner.read_state().items.get(key).map(|e| e.object.clone())
+        self.inner
+            .read_state()
+            .items
+            .get(key)
+            .map(|e| e.object.clone())
     }
 
     /// Everything under `prefix` in key order, with the revision it is a snapshot of.
-    pub fn list(&self, prefix: &str) -> (Vec<(Arc<str>, Arc<T>)>, Revision) {
+    pub fn list(&self, prefix: &str) -> (Snapshot<T>, Revision) {
         let state = self.inner.read_state();
         (snapshot(&state, prefix), state.revision)
     }
@@ -271,7 +316,10 @@ impl<T: Send + Sync + 'static> WatchCache<T> {
     pub fn watch_from(&self, prefix: &str, after: Revision) -> Result<CacheWatch<T>> {
         let state = self.inner.read_state();
         if after < state.oldest {
-            return Err(StoreError::Compacted { requested: after, compacted: state.oldest });
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted: state.oldest,
+            });
         }
         let backlog = state
             .history
@@ -284,24 +332,37 @@ impl<T: Send + Sync + 'static> WatchCache<T> {
     }
 
     /// Atomically: everything under `prefix` at revision R, and a watch of the events above R.
-    pub fn snapshot_and_watch(&self, prefix: &str) -> (Vec<(Arc<str>, Arc<T>)>, Revision, CacheWatch<T>) {
+    pub fn snapshot_and_watch(&self, prefix: &str) -> (Snapshot<T>, Revision, CacheWatch<T>) {
         let state = self.inner.read_state();
         let items = snapshot(&state, prefix);
         let queue = self.inner.register(prefix, state.revision);
-        (items, state.revision, CacheWatch { backlog: VecDeque::new(), queue })
+        (
+            items,
+            state.revision,
+            CacheWatch {
+                backlog: VecDeque::new(),
+                queue,
+            },
+        )
     }
 }
 
-fn snapshot<T>(state: &State<T>, prefix: &str) -> Vec<(Arc<str>, Arc<T>)> {
+fn snapshot<T>(state: &State<T>, prefix: &str) -> Snapshot<T> {
     state
         .items
-        .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+        .range::<str, _>((
+            std::ops::Bound::Included(prefix),
+            std::ops::Bound::Unbounded,
+        ))
         .take_while(|(k, _)| k.starts_with(prefix))
         .map(|(k, e)| (k.clone(), e.object.clone()))
         .collect()
 }
 
-fn decode_logged<T>(decode: &(impl Fn(&KeyValue) -> Option<T> + ?Sized), kv: &KeyValue) -> Option<T> {
+fn decode_logged<T>(
+    decode: &(impl Fn(&KeyValue) -> Option<T> + ?Sized),
+    kv: &KeyValue,
+) -> Option<T> {
     let object = decode(kv);
     if object.is_none() {
         tracing::warn!(key = %kv.key, revision = kv.mod_revision, "watch cache skipped a value it cannot decode");
@@ -317,7 +378,12 @@ async fn list_all(store: &DynStore, prefix: &str) -> Result<(Vec<KeyValue>, Revi
     loop {
         let start_after = kvs.last().map(|kv: &KeyValue| kv.key.clone());
         let page = store
-            .range(RangeRequest { prefix, start_after: start_after.as_deref(), limit: PAGE, revision: at })
+            .range(RangeRequest {
+                prefix,
+                start_after: start_after.as_deref(),
+                limit: PAGE,
+                revision: at,
+            })
             .await?;
         at = Some(page.revision);
         kvs.extend(page.kvs);
@@ -343,7 +409,11 @@ impl<T: Send + Sync + 'static> Inner<T> {
     /// Adds a watcher; the caller holds the state lock (see [`Inner::state`]).
     fn register(&self, prefix: &str, after: Revision) -> mpsc::Receiver<WatchItem<T>> {
         let (queue, receiver) = mpsc::channel(self.options.watcher_capacity.max(1));
-        self.lock_watchers().push(Watcher { prefix: prefix.into(), after, queue });
+        self.lock_watchers().push(Watcher {
+            prefix: prefix.into(),
+            after,
+            queue,
+        });
         receiver
     }
 
@@ -351,12 +421,20 @@ impl<T: Send + Sync + 'static> Inner<T> {
         match event {
             Event::Put { kv, .. } => {
                 let object = decode_logged(&*self.decode, &kv).map(Arc::new);
-                Change::Put { key: kv.key, object, revision: kv.mod_revision }
+                Change::Put {
+                    key: kv.key,
+                    object,
+                    revision: kv.mod_revision,
+                }
             }
             Event::Delete { mut prev, revision } => {
                 prev.mod_revision = revision;
                 let object = decode_logged(&*self.decode, &prev).map(Arc::new);
-                Change::Delete { key: prev.key, object, revision }
+                Change::Delete {
+                    key: prev.key,
+                    object,
+                    revision,
+                }
             }
         }
     }
@@ -367,31 +445,78 @@ impl<T: Send + Sync + 'static> Inner<T> {
         let mut events = Vec::with_capacity(changes.len());
         for change in changes {
             match change {
-                Change::Put { key, object, revision } => {
-                    let existing = state.items.get_key_value(key.as_str()).map(|(k, e)| (k.clone(), e.object.clone()));
+                Change::Put {
+                    key,
+                    object,
+                    revision,
+                } => {
+                    let existing = state
+                        .items
+                        .get_key_value(key.as_str())
+                        .map(|(k, e)| (k.clone(), e.object.clone()));
                     match (object, existing) {
                         (Some(object), Some((key, prev))) => {
-                            state.items.insert(key.clone(), Entry { object: object.clone(), mod_revision: revision });
-                            events.push(CacheEvent { kind: CacheEventKind::Modified, key, object, prev: Some(prev), revision });
+                            state.items.insert(
+                                key.clone(),
+                                Entry {
+                                    object: object.clone(),
+                                    mod_revision: revision,
+                                },
+                            );
+                            events.push(CacheEvent {
+                                kind: CacheEventKind::Modified,
+                                key,
+                                object,
+                                prev: Some(prev),
+                                revision,
+                            });
                         }
                         (Some(object), None) => {
                             let key: Arc<str> = Arc::from(key);
-                            state.items.insert(key.clone(), Entry { object: object.clone(), mod_revision: revision });
-                            events.push(CacheEvent { kind: CacheEventKind::Added, key, object, prev: None, revision });
+                            state.items.insert(
+                                key.clone(),
+                                Entry {
+                                    object: object.clone(),
+                                    mod_revision: revision,
+                                },
+                            );
+                            events.push(CacheEvent {
+                                kind: CacheEventKind::Added,
+                                key,
+                                object,
+                                prev: None,
+                                revision,
+                            });
                         }
                         // The new value cannot be decoded: stop serving the stale one.
                         (None, Some((key, prev))) => {
                             state.items.remove(&key);
-                            events.push(CacheEvent { kind: CacheEventKind::Deleted, key, object: prev.clone(), prev: Some(prev), revision });
+                            events.push(CacheEvent {
+                                kind: CacheEventKind::Deleted,
+                                key,
+                                object: prev.clone(),
+                                prev: Some(prev),
+                                revision,
+                            });
                         }
                         (None, None) => {}
                     }
                     state.revision = state.revision.max(revision);
                 }
-                Change::Delete { key, object, revision } => {
+                Change::Delete {
+                    key,
+                    object,
+                    revision,
+                } => {
                     if let Some((key, entry)) = state.items.remove_entry(key.as_str()) {
                         let object = object.unwrap_or_else(|| entry.object.clone());
-                        events.push(CacheEvent { kind: CacheEventKind::Deleted, key, object, prev: Some(entry.object), revision });
+                        events.push(CacheEvent {
+                            kind: CacheEventKind::Deleted,
+                            key,
+                            object,
+                            prev: Some(entry.object),
+                            revision,
+                        });
                     }
                     state.revision = state.revision.max(revision);
                 }
@@ -461,18 +586,48 @@ impl<T: Send + Sync + 'static> Inner<T> {
                     items.insert(key, entry);
                 }
                 Some((key, entry)) => {
-                    items.insert(key.clone(), Entry { object: object.clone(), mod_revision: kv.mod_revision });
-                    events.push(CacheEvent { kind: CacheEventKind::Modified, key, object, prev: Some(entry.object), revision });
+                    items.insert(
+                        key.clone(),
+                        Entry {
+                            object: object.clone(),
+                            mod_revision: kv.mod_revision,
+                        },
+                    );
+                    events.push(CacheEvent {
+                        kind: CacheEventKind::Modified,
+                        key,
+                        object,
+                        prev: Some(entry.object),
+                        revision,
+                    });
                 }
                 None => {
                     let key: Arc<str> = Arc::from(kv.key.as_str());
-                    items.insert(key.clone(), Entry { object: object.clone(), mod_revision: kv.mod_revision });
-                    events.push(CacheEvent { kind: CacheEventKind::Added, key, object, prev: None, revision });
+                    items.insert(
+                        key.clone(),
+                        Entry {
+                            object: object.clone(),
+                            mod_revision: kv.mod_revision,
+                        },
+                    );
+                    events.push(CacheEvent {
+                        kind: CacheEventKind::Added,
+                        key,
+                        object,
+                        prev: None,
+                        revision,
+                    });
                 }
             }
         }
         for (key, entry) in old {
-            events.push(CacheEvent { kind: CacheEventKind::Deleted, key, object: entry.object.clone(), prev: Some(entry.object), revision });
+            events.push(CacheEvent {
+                kind: CacheEventKind::Deleted,
+                key,
+                object: entry.object.clone(),
+                prev: Some(entry.object),
+                revision,
+            });
         }
         // Keys in order, as a watcher of a list would expect them.
         events.sort_by(|a, b| a.key.cmp(&b.key));
@@ -501,7 +656,9 @@ async fn follow<T: Send + Sync + 'static>(inner: Arc<Inner<T>>) {
                     for item in items {
                         match item {
                             Ok(Watched::Event(event)) => changes.push(inner.decode_event(event)),
-                            Ok(Watched::Progress(revision)) => changes.push(Change::Progress(revision)),
+                            Ok(Watched::Progress(revision)) => {
+                                changes.push(Change::Progress(revision))
+                            }
                             Err(e) => {
                                 failure = Some(e);
                                 break;
@@ -544,11 +701,13 @@ async fn report_progress<T: Send + Sync + 'static>(inner: Arc<Inner<T>>) {
         ticker.tick().await;
         let state = inner.read_state();
         let revision = state.revision;
-        inner.lock_watchers().retain(|w| match w.queue.try_send(WatchItem::Progress(revision)) {
-            Ok(()) => true,
-            // A full queue is handled when the next event overflows it; a progress can wait.
-            Err(mpsc::error::TrySendError::Full(_)) => true,
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
+        inner
+            .lock_watchers()
+            .retain(|w| match w.queue.try_send(WatchItem::Progress(revision)) {
+                Ok(()) => true,
+                // A full queue is handled when the next event overflows it; a progress can wait.
+                Err(mpsc::error::TrySendError::Full(_)) => true,
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
     }
 }

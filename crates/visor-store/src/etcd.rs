@@ -53,13 +53,22 @@ fn map_error(e: etcd_client::Error, requested: Revision, compacted: Revision) ->
     if let etcd_client::Error::GRpcStatus(status) = &e {
         let message = status.message().to_owned();
         if message.contains("required revision has been compacted") {
-            return StoreError::Compacted { requested, compacted };
+            return StoreError::Compacted {
+                requested,
+                compacted,
+            };
         }
         if message.contains("required revision is a future revision") {
-            return StoreError::FutureRevision { requested, current: requested - 1 };
+            return StoreError::FutureRevision {
+                requested,
+                current: requested - 1,
+            };
         }
         // What a lost or leaderless cluster answers.
-        if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled) {
+        if matches!(
+            status.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+        ) {
             return StoreError::Unavailable(message);
         }
         return StoreError::Backend(message);
@@ -72,7 +81,9 @@ fn map_error(e: etcd_client::Error, requested: Revision, compacted: Revision) ->
     }
 }
 
-async fn timed<T>(call: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, etcd_client::Error> {
+async fn timed<T>(
+    call: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, etcd_client::Error> {
     match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
         Ok(result) => result,
         Err(_) => Err(etcd_client::Error::IoError(std::io::Error::new(
@@ -173,9 +184,15 @@ impl EtcdStore {
     /// Turns a read error into a store error, finding the compacted revision if it is that.
     async fn read_error(&self, e: etcd_client::Error, requested: Revision) -> StoreError {
         match map_error(e, requested, self.known_compacted()) {
-            StoreError::Compacted { requested, compacted } => {
+            StoreError::Compacted {
+                requested,
+                compacted,
+            } => {
                 let compacted = self.probe_compacted().await.unwrap_or(compacted);
-                StoreError::Compacted { requested, compacted }
+                StoreError::Compacted {
+                    requested,
+                    compacted,
+                }
             }
             StoreError::FutureRevision { requested, current } => {
                 let current = self.current_revision().await.unwrap_or(current);
@@ -249,9 +266,15 @@ impl EtcdWatch {
             if response.canceled() {
                 self.done = true;
                 let error = if response.compact_revision() > 0 {
-                    StoreError::Compacted { requested: self.next, compacted: response.compact_revision() }
+                    StoreError::Compacted {
+                        requested: self.next,
+                        compacted: response.compact_revision(),
+                    }
                 } else {
-                    StoreError::WatchLost(format!("etcd cancelled the watch: {}", response.cancel_reason()))
+                    StoreError::WatchLost(format!(
+                        "etcd cancelled the watch: {}",
+                        response.cancel_reason()
+                    ))
                 };
                 return Some((Err(error), self));
             }
@@ -271,7 +294,10 @@ impl EtcdWatch {
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
                 let converted = match event.event_type() {
-                    etcd_client::EventType::Put => Event::Put { kv: convert(kv), prev: event.prev_kv().map(convert) },
+                    etcd_client::EventType::Put => Event::Put {
+                        kv: convert(kv),
+                        prev: event.prev_kv().map(convert),
+                    },
                     etcd_client::EventType::Delete => {
                         // etcd omits the previous value only if it was compacted away meanwhile.
                         let prev = event.prev_kv().map(convert).unwrap_or_else(|| KeyValue {
@@ -280,7 +306,10 @@ impl EtcdWatch {
                             create_revision: 0,
                             mod_revision: 0,
                         });
-                        Event::Delete { prev, revision: kv.mod_revision() }
+                        Event::Delete {
+                            prev,
+                            revision: kv.mod_revision(),
+                        }
                     }
                 };
                 self.next = self.next.max(converted.revision() + 1);
@@ -299,8 +328,14 @@ impl EtcdWatch {
 impl Store for EtcdStore {
     async fn create(&self, key: &str, value: Bytes) -> Result<Revision> {
         let compares = vec![Compare::create_revision(key, CompareOp::Equal, 0)];
-        let (ok, revision, _) = self.guarded(key, compares, TxnOp::put(key, value.to_vec(), None)).await?;
-        if ok { Ok(revision) } else { Err(StoreError::AlreadyExists(key.to_owned())) }
+        let (ok, revision, _) = self
+            .guarded(key, compares, TxnOp::put(key, value.to_vec(), None))
+            .await?;
+        if ok {
+            Ok(revision)
+        } else {
+            Err(StoreError::AlreadyExists(key.to_owned()))
+        }
     }
 
     async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<Revision> {
@@ -308,14 +343,19 @@ impl Store for EtcdStore {
             Compare::create_revision(key, CompareOp::Greater, 0),
             Compare::mod_revision(key, CompareOp::Equal, expected),
         ];
-        let (ok, revision, responses) =
-            self.guarded(key, compares, TxnOp::put(key, value.to_vec(), None)).await?;
+        let (ok, revision, responses) = self
+            .guarded(key, compares, TxnOp::put(key, value.to_vec(), None))
+            .await?;
         if ok {
             return Ok(revision);
         }
         match read_back(&responses) {
             None => Err(StoreError::NotFound(key.to_owned())),
-            current => Err(StoreError::Conflict { key: key.to_owned(), expected, current }),
+            current => Err(StoreError::Conflict {
+                key: key.to_owned(),
+                expected,
+                current,
+            }),
         }
     }
 
@@ -332,17 +372,29 @@ impl Store for EtcdStore {
                 _ => None,
             });
             // The guard saw the key, so the delete in the same transaction removed it.
-            let prev = prev.ok_or_else(|| StoreError::Backend("etcd delete returned no previous value".into()))?;
+            let prev = prev.ok_or_else(|| {
+                StoreError::Backend("etcd delete returned no previous value".into())
+            })?;
             return Ok((revision, prev));
         }
         match (read_back(&responses), expected) {
             (None, _) => Err(StoreError::NotFound(key.to_owned())),
-            (current, Some(expected)) => Err(StoreError::Conflict { key: key.to_owned(), expected, current }),
-            (Some(_), None) => Err(StoreError::Backend("etcd refused an unconditional delete".into())),
+            (current, Some(expected)) => Err(StoreError::Conflict {
+                key: key.to_owned(),
+                expected,
+                current,
+            }),
+            (Some(_), None) => Err(StoreError::Backend(
+                "etcd refused an unconditional delete".into(),
+            )),
         }
     }
 
-    async fn get(&self, key: &str, revision: Option<Revision>) -> Result<(Option<KeyValue>, Revision)> {
+    async fn get(
+        &self,
+        key: &str,
+        revision: Option<Revision>,
+    ) -> Result<(Option<KeyValue>, Revision)> {
         let mut options = GetOptions::new();
         if let Some(revision) = revision {
             options = options.with_revision(revision.max(1));
@@ -366,6 +418,10 @@ impl Store for EtcdStore {
             after.push(0);
             start = start.max(after);
         }
+        if start.is_empty() {
+            // etcd refuses an empty key; "\0" is the smallest key there is.
+            start.push(0);
+        }
         let mut options = GetOptions::new().with_range(range_end(request.prefix));
         if request.limit > 0 {
             options = options.with_limit(request.limit as i64);
@@ -379,7 +435,11 @@ impl Store for EtcdStore {
                     Some(r) => r,
                     None => header_revision(response.header())?,
                 };
-                Ok(RangeResult { kvs: response.kvs().iter().map(convert).collect(), revision, more: response.more() })
+                Ok(RangeResult {
+                    kvs: response.kvs().iter().map(convert).collect(),
+                    revision,
+                    more: response.more(),
+                })
             }
             Err(e) => Err(self.read_error(e, request.revision.unwrap_or(0)).await),
         }
@@ -391,14 +451,26 @@ impl Store for EtcdStore {
         let from = from.max(1);
         let current = self.current_revision().await?;
         if from > current + 1 {
-            return Err(StoreError::FutureRevision { requested: from, current });
+            return Err(StoreError::FutureRevision {
+                requested: from,
+                current,
+            });
         }
         if from <= current && !self.readable(from).await? {
             let compacted = self.probe_compacted().await?;
-            return Err(StoreError::Compacted { requested: from, compacted });
+            return Err(StoreError::Compacted {
+                requested: from,
+                compacted,
+            });
         }
-        let mut options = WatchOptions::new().with_start_revision(from).with_prev_key();
-        options = if prefix.is_empty() { options.with_all_keys() } else { options.with_prefix() };
+        let mut options = WatchOptions::new()
+            .with_start_revision(from)
+            .with_prev_key();
+        options = if prefix.is_empty() {
+            options.with_all_keys()
+        } else {
+            options.with_prefix()
+        };
         let stream = timed(self.client.watch_client().watch(prefix, Some(options)))
             .await
             .map_err(|e| match map_error(e, from, self.known_compacted()) {

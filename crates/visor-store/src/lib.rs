@@ -42,7 +42,10 @@ pub struct KeyValue {
 pub enum Event {
     /// The key was created or updated; `kv.mod_revision` is the revision of this write.
     /// `prev` is the value before the write, if the key existed.
-    Put { kv: KeyValue, prev: Option<KeyValue> },
+    Put {
+        kv: KeyValue,
+        prev: Option<KeyValue>,
+    },
     /// The key was deleted at `revision`; `prev` is its last value before the delete.
     Delete { prev: KeyValue, revision: Revision },
 }
@@ -96,13 +99,23 @@ pub enum StoreError {
     /// A compare-and-swap failed: the key's mod revision is no longer the expected one.
     /// `current` is the key's present value (`None` if it was deleted meanwhile).
     #[error("key {key:?} was modified (expected revision {expected})")]
-    Conflict { key: String, expected: Revision, current: Option<KeyValue> },
+    Conflict {
+        key: String,
+        expected: Revision,
+        current: Option<KeyValue>,
+    },
     /// The requested revision is older than the compacted one.
     #[error("revision {requested} has been compacted (oldest kept: {compacted})")]
-    Compacted { requested: Revision, compacted: Revision },
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
     /// The requested revision is in the future.
     #[error("revision {requested} is newer than the current revision {current}")]
-    FutureRevision { requested: Revision, current: Revision },
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
     /// The watch could not keep up or its backend connection was lost; the watcher must re-list.
     #[error("watch ended: {0}")]
     WatchLost(String),
@@ -147,7 +160,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Reads one key at the current or a past revision. Returns the value, if any, and the
     /// revision the read was made at.
-    async fn get(&self, key: &str, revision: Option<Revision>) -> Result<(Option<KeyValue>, Revision)>;
+    async fn get(
+        &self,
+        key: &str,
+        revision: Option<Revision>,
+    ) -> Result<(Option<KeyValue>, Revision)>;
 
     /// Reads a range of keys under a prefix.
     async fn range(&self, request: RangeRequest<'_>) -> Result<RangeResult>;
@@ -211,9 +228,14 @@ pub async fn open(datastore: &str, data_dir: &std::path::Path) -> anyhow::Result
             .filter(|e| !e.is_empty())
             .map(|e| format!("http://{e}"))
             .collect();
-        anyhow::ensure!(!endpoints.is_empty(), "--datastore etcd:// needs at least one HOST:PORT");
+        anyhow::ensure!(
+            !endpoints.is_empty(),
+            "--datastore etcd:// needs at least one HOST:PORT"
+        );
         let store = etcd::EtcdStore::connect(&endpoints).await?;
         return Ok(Arc::new(store));
     }
-    anyhow::bail!("unknown --datastore {datastore:?}: use \"sqlite\" or \"etcd://HOST:PORT[,HOST:PORT...]\"")
+    anyhow::bail!(
+        "unknown --datastore {datastore:?}: use \"sqlite\" or \"etcd://HOST:PORT[,HOST:PORT...]\""
+    )
 }

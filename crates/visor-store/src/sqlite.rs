@@ -112,10 +112,22 @@ struct Batch {
 }
 
 enum WriteOp {
-    Create { key: String, value: Bytes },
-    Update { key: String, value: Bytes, expected: Revision },
-    Delete { key: String, expected: Option<Revision> },
-    Compact { revision: Revision },
+    Create {
+        key: String,
+        value: Bytes,
+    },
+    Update {
+        key: String,
+        value: Bytes,
+        expected: Revision,
+    },
+    Delete {
+        key: String,
+        expected: Option<Revision>,
+    },
+    Compact {
+        revision: Revision,
+    },
 }
 
 enum WriteOutcome {
@@ -188,11 +200,20 @@ impl SqliteStore {
         });
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
-        let writer = Writer { conn, shared: shared.clone(), feed: feed.clone(), revision: current };
+        let writer = Writer {
+            conn,
+            shared: shared.clone(),
+            feed: feed.clone(),
+            revision: current,
+        };
         std::thread::Builder::new()
             .name("visor-store-writer".into())
             .spawn(move || writer.run(queue))?;
-        Ok(SqliteStore { shared, writes, feed })
+        Ok(SqliteStore {
+            shared,
+            writes,
+            feed,
+        })
     }
 
     async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
@@ -255,11 +276,21 @@ fn head(conn: &Connection) -> Result<(Revision, Revision)> {
 }
 
 /// Validates a read revision against the snapshot's head; returns the revision to read at.
-fn check_revision(requested: Option<Revision>, current: Revision, compacted: Revision) -> Result<Revision> {
+fn check_revision(
+    requested: Option<Revision>,
+    current: Revision,
+    compacted: Revision,
+) -> Result<Revision> {
     match requested {
         None => Ok(current),
-        Some(r) if r > current => Err(StoreError::FutureRevision { requested: r, current }),
-        Some(r) if r < compacted => Err(StoreError::Compacted { requested: r, compacted }),
+        Some(r) if r > current => Err(StoreError::FutureRevision {
+            requested: r,
+            current,
+        }),
+        Some(r) if r < compacted => Err(StoreError::Compacted {
+            requested: r,
+            compacted,
+        }),
         Some(r) => Ok(r),
     }
 }
@@ -318,7 +349,9 @@ impl Writer {
             self.revision = start_revision;
             let message = e.to_string();
             for request in batch.drain(..) {
-                let _ = request.reply.send(Err(StoreError::Backend(message.clone())));
+                let _ = request
+                    .reply
+                    .send(Err(StoreError::Backend(message.clone())));
             }
             return;
         }
@@ -333,7 +366,10 @@ impl Writer {
         }
         if !events.is_empty() {
             // No receivers is fine: nobody is watching.
-            let _ = self.feed.send(Arc::new(Batch { events, revision: self.revision }));
+            let _ = self.feed.send(Arc::new(Batch {
+                events,
+                revision: self.revision,
+            }));
         }
     }
 
@@ -403,7 +439,11 @@ impl Writer {
                 events.push(Event::Put { kv, prev: None });
                 Ok(Ok(WriteOutcome::Written(rev)))
             }
-            WriteOp::Update { key, value, expected } => {
+            WriteOp::Update {
+                key,
+                value,
+                expected,
+            } => {
                 let Some(prev) = self.current(key)? else {
                     return Ok(Err(StoreError::NotFound(key.clone())));
                 };
@@ -426,7 +466,10 @@ impl Writer {
                     create_revision: prev.create_revision,
                     mod_revision: rev,
                 };
-                events.push(Event::Put { kv, prev: Some(prev) });
+                events.push(Event::Put {
+                    kv,
+                    prev: Some(prev),
+                });
                 Ok(Ok(WriteOutcome::Written(rev)))
             }
             WriteOp::Delete { key, expected } => {
@@ -448,13 +491,20 @@ impl Writer {
                 self.conn
                     .prepare_cached("DELETE FROM kv WHERE key = ?1")?
                     .execute([key.as_bytes()])?;
-                events.push(Event::Delete { prev: prev.clone(), revision: rev });
+                events.push(Event::Delete {
+                    prev: prev.clone(),
+                    revision: rev,
+                });
                 Ok(Ok(WriteOutcome::Deleted(rev, prev)))
             }
             WriteOp::Compact { revision } => {
-                let already = compacted_to.unwrap_or_else(|| self.shared.compacted.load(Ordering::Acquire));
+                let already =
+                    compacted_to.unwrap_or_else(|| self.shared.compacted.load(Ordering::Acquire));
                 if *revision > self.revision {
-                    return Ok(Err(StoreError::FutureRevision { requested: *revision, current: self.revision }));
+                    return Ok(Err(StoreError::FutureRevision {
+                        requested: *revision,
+                        current: self.revision,
+                    }));
                 }
                 if *revision <= already {
                     // Compacting to where the store already is changes nothing.
@@ -469,7 +519,13 @@ impl Writer {
     }
 }
 
-fn read_range(conn: &Connection, prefix: &str, start_after: Option<&str>, limit: usize, revision: Option<Revision>) -> Result<RangeResult> {
+fn read_range(
+    conn: &Connection,
+    prefix: &str,
+    start_after: Option<&str>,
+    limit: usize,
+    revision: Option<Revision>,
+) -> Result<RangeResult> {
     let tx = conn.unchecked_transaction().map_err(backend)?;
     let (current, compacted) = head(&tx)?;
     let at = check_revision(revision, current, compacted)?;
@@ -507,10 +563,18 @@ fn read_range(conn: &Connection, prefix: &str, start_after: Option<&str>, limit:
     if more {
         kvs.truncate(limit);
     }
-    Ok(RangeResult { kvs, revision: at, more })
+    Ok(RangeResult {
+        kvs,
+        revision: at,
+        more,
+    })
 }
 
-fn read_get(conn: &Connection, key: &str, revision: Option<Revision>) -> Result<(Option<KeyValue>, Revision)> {
+fn read_get(
+    conn: &Connection,
+    key: &str,
+    revision: Option<Revision>,
+) -> Result<(Option<KeyValue>, Revision)> {
     let tx = conn.unchecked_transaction().map_err(backend)?;
     let (current, compacted) = head(&tx)?;
     let at = check_revision(revision, current, compacted)?;
@@ -529,25 +593,24 @@ fn read_get(conn: &Connection, key: &str, revision: Option<Revision>) -> Result<
             })
             .map_err(backend)?
     } else {
-        tx.prepare_cached(SQL_AT)
+        // The key's latest row at or before the revision; a delete row means it was absent.
+        let latest = tx
+            .prepare_cached(SQL_AT)
             .and_then(|mut s| {
                 s.query_row(params![key.as_bytes(), at], |r| {
                     let deleted: bool = r.get(3)?;
-                    Ok((!deleted).then(|| -> rusqlite::Result<KeyValue> {
-                        Ok(KeyValue {
-                            key: key.to_owned(),
-                            create_revision: r.get(0)?,
-                            mod_revision: r.get(1)?,
-                            value: value_bytes(r.get(2)?),
-                        })
-                    }))
+                    let kv = KeyValue {
+                        key: key.to_owned(),
+                        create_revision: r.get(0)?,
+                        mod_revision: r.get(1)?,
+                        value: value_bytes(r.get(2)?),
+                    };
+                    Ok((kv, deleted))
                 })
                 .optional()
             })
-            .map_err(backend)?
-            .flatten()
-            .transpose()
-            .map_err(backend)?
+            .map_err(backend)?;
+        latest.and_then(|(kv, deleted)| (!deleted).then_some(kv))
     };
     Ok((kv, at))
 }
@@ -558,38 +621,55 @@ fn read_log(conn: &Connection, prefix: &str, from: Revision, to: Revision) -> Re
     let tx = conn.unchecked_transaction().map_err(backend)?;
     let (_, compacted) = head(&tx)?;
     if from < compacted {
-        return Err(StoreError::Compacted { requested: from, compacted });
+        return Err(StoreError::Compacted {
+            requested: from,
+            compacted,
+        });
     }
     let high = prefix_end(prefix);
     let mut stmt = tx.prepare_cached(SQL_REPLAY).map_err(backend)?;
     let rows = stmt
-        .query_map(params![from, to, prefix.as_bytes(), high, REPLAY_PAGE as i64], |r| {
-            let rev: Revision = r.get(0)?;
-            let key = key_string(r.get(1)?)?;
-            let create_revision: Revision = r.get(3)?;
-            let prev_rev: Revision = r.get(4)?;
-            let deleted: bool = r.get(5)?;
-            let prev_value: Option<Vec<u8>> = r.get(6)?;
-            let prev_create: Option<Revision> = r.get(7)?;
-            let prev = (prev_rev != 0).then(|| KeyValue {
-                key: key.clone(),
-                value: value_bytes(prev_value),
-                create_revision: prev_create.unwrap_or(create_revision),
-                mod_revision: prev_rev,
-            });
-            Ok(if deleted {
-                let prev = prev.unwrap_or_else(|| KeyValue {
+        .query_map(
+            params![from, to, prefix.as_bytes(), high, REPLAY_PAGE as i64],
+            |r| {
+                let rev: Revision = r.get(0)?;
+                let key = key_string(r.get(1)?)?;
+                let create_revision: Revision = r.get(3)?;
+                let prev_rev: Revision = r.get(4)?;
+                let deleted: bool = r.get(5)?;
+                let prev_value: Option<Vec<u8>> = r.get(6)?;
+                let prev_create: Option<Revision> = r.get(7)?;
+                let prev = (prev_rev != 0).then(|| KeyValue {
                     key: key.clone(),
-                    value: Bytes::new(),
-                    create_revision,
+                    value: value_bytes(prev_value),
+                    create_revision: prev_create.unwrap_or(create_revision),
                     mod_revision: prev_rev,
                 });
-                Event::Delete { prev, revision: rev }
-            } else {
-                let value = value_bytes(r.get(2)?);
-                Event::Put { kv: KeyValue { key, value, create_revision, mod_revision: rev }, prev }
-            })
-        })
+                Ok(if deleted {
+                    let prev = prev.unwrap_or_else(|| KeyValue {
+                        key: key.clone(),
+                        value: Bytes::new(),
+                        create_revision,
+                        mod_revision: prev_rev,
+                    });
+                    Event::Delete {
+                        prev,
+                        revision: rev,
+                    }
+                } else {
+                    let value = value_bytes(r.get(2)?);
+                    Event::Put {
+                        kv: KeyValue {
+                            key,
+                            value,
+                            create_revision,
+                            mod_revision: rev,
+                        },
+                        prev,
+                    }
+                })
+            },
+        )
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(backend)?;
     Ok(rows)
@@ -623,7 +703,11 @@ impl WatchState {
                     continue;
                 }
                 let (prefix, from) = (self.prefix.clone(), self.next);
-                match self.shared.read(move |conn| read_log(conn, &prefix, from, to)).await {
+                match self
+                    .shared
+                    .read(move |conn| read_log(conn, &prefix, from, to))
+                    .await
+                {
                     Ok(events) => {
                         let full = events.len() == REPLAY_PAGE;
                         let last = events.last().map(Event::revision);
@@ -669,7 +753,10 @@ impl WatchState {
                 }
                 Err(broadcast::error::RecvError::Closed) => {
                     self.done = true;
-                    return Some((Err(StoreError::WatchLost("the store was closed".into())), self));
+                    return Some((
+                        Err(StoreError::WatchLost("the store was closed".into())),
+                        self,
+                    ));
                 }
             }
         }
@@ -679,29 +766,54 @@ impl WatchState {
 #[async_trait]
 impl Store for SqliteStore {
     async fn create(&self, key: &str, value: Bytes) -> Result<Revision> {
-        match self.write(WriteOp::Create { key: key.to_owned(), value }).await? {
+        match self
+            .write(WriteOp::Create {
+                key: key.to_owned(),
+                value,
+            })
+            .await?
+        {
             WriteOutcome::Written(rev) => Ok(rev),
             _ => Err(backend("unexpected writer outcome for create")),
         }
     }
 
     async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<Revision> {
-        match self.write(WriteOp::Update { key: key.to_owned(), value, expected }).await? {
+        match self
+            .write(WriteOp::Update {
+                key: key.to_owned(),
+                value,
+                expected,
+            })
+            .await?
+        {
             WriteOutcome::Written(rev) => Ok(rev),
             _ => Err(backend("unexpected writer outcome for update")),
         }
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(Revision, KeyValue)> {
-        match self.write(WriteOp::Delete { key: key.to_owned(), expected }).await? {
+        match self
+            .write(WriteOp::Delete {
+                key: key.to_owned(),
+                expected,
+            })
+            .await?
+        {
             WriteOutcome::Deleted(rev, prev) => Ok((rev, prev)),
             _ => Err(backend("unexpected writer outcome for delete")),
         }
     }
 
-    async fn get(&self, key: &str, revision: Option<Revision>) -> Result<(Option<KeyValue>, Revision)> {
+    async fn get(
+        &self,
+        key: &str,
+        revision: Option<Revision>,
+    ) -> Result<(Option<KeyValue>, Revision)> {
         let key = key.to_owned();
-        self.shared.read(move |conn| read_get(conn, &key, revision)).await
+        self.shared
+            .read(move |conn| read_get(conn, &key, revision))
+            .await
     }
 
     async fn range(&self, request: RangeRequest<'_>) -> Result<RangeResult> {
@@ -720,10 +832,16 @@ impl Store for SqliteStore {
         let current = self.shared.current.load(Ordering::Acquire);
         let compacted = self.shared.compacted.load(Ordering::Acquire);
         if from > current + 1 {
-            return Err(StoreError::FutureRevision { requested: from, current });
+            return Err(StoreError::FutureRevision {
+                requested: from,
+                current,
+            });
         }
         if from < compacted {
-            return Err(StoreError::Compacted { requested: from, compacted });
+            return Err(StoreError::Compacted {
+                requested: from,
+                compacted,
+            });
         }
         let state = WatchState {
             shared: self.shared.clone(),

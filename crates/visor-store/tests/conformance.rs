@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use visor_store::{DynStore, Event, KeyValue, RangeRequest, StoreError, Watched, WatchStream};
+use visor_store::{DynStore, Event, KeyValue, RangeRequest, StoreError, WatchStream, Watched};
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -45,7 +45,11 @@ async fn create_and_already_exists(store: DynStore) {
         Err(StoreError::AlreadyExists(key)) => assert_eq!(key, "/t/a"),
         other => panic!("second create must fail with AlreadyExists, got {other:?}"),
     }
-    assert_eq!(store.current_revision().await.unwrap(), rev, "a failed create writes nothing");
+    assert_eq!(
+        store.current_revision().await.unwrap(),
+        rev,
+        "a failed create writes nothing"
+    );
     let (kv, at) = store.get("/t/a", None).await.unwrap();
     let kv = kv.expect("created key is readable");
     assert_eq!(kv.value, b("one"));
@@ -66,11 +70,18 @@ async fn update_compare_and_swap(store: DynStore) {
     let (kv, _) = store.get("/t/u", None).await.unwrap();
     let kv = kv.unwrap();
     assert_eq!(kv.value, b("v2"));
-    assert_eq!(kv.create_revision, created, "update keeps the create revision");
+    assert_eq!(
+        kv.create_revision, created,
+        "update keeps the create revision"
+    );
     assert_eq!(kv.mod_revision, updated);
 
     match store.update("/t/u", b("stale"), created).await {
-        Err(StoreError::Conflict { key, expected, current }) => {
+        Err(StoreError::Conflict {
+            key,
+            expected,
+            current,
+        }) => {
             assert_eq!(key, "/t/u");
             assert_eq!(expected, created);
             let current = current.expect("conflict carries the current value");
@@ -87,7 +98,10 @@ async fn update_compare_and_swap(store: DynStore) {
         Err(StoreError::NotFound(_)) => {}
         other => panic!("update with revision 0 must not create the key, got {other:?}"),
     }
-    assert_eq!(store.get("/t/u", None).await.unwrap().0.unwrap().value, b("v2"));
+    assert_eq!(
+        store.get("/t/u", None).await.unwrap().0.unwrap().value,
+        b("v2")
+    );
 }
 
 async fn delete_with_and_without_expected(store: DynStore) {
@@ -105,13 +119,18 @@ async fn delete_with_and_without_expected(store: DynStore) {
     let b1 = store.create("/t/d/b", b("b1")).await.unwrap();
     let b2 = store.update("/t/d/b", b("b2"), b1).await.unwrap();
     match store.delete("/t/d/b", Some(b1)).await {
-        Err(StoreError::Conflict { current, expected, .. }) => {
+        Err(StoreError::Conflict {
+            current, expected, ..
+        }) => {
             assert_eq!(expected, b1);
             assert_eq!(current.unwrap().mod_revision, b2);
         }
         other => panic!("delete with a stale revision must conflict, got {other:?}"),
     }
-    assert!(store.get("/t/d/b", None).await.unwrap().0.is_some(), "a failed delete deletes nothing");
+    assert!(
+        store.get("/t/d/b", None).await.unwrap().0.is_some(),
+        "a failed delete deletes nothing"
+    );
     let (rev, prev) = store.delete("/t/d/b", Some(b2)).await.unwrap();
     assert!(rev > b2);
     assert_eq!(prev.value, b("b2"));
@@ -133,10 +152,19 @@ async fn get_at_past_revision(store: DynStore) {
     assert_eq!(kv.unwrap().value, b("first"));
     let (kv, _) = store.get("/t/g", Some(r2)).await.unwrap();
     let kv = kv.unwrap();
-    assert_eq!((kv.value.clone(), kv.create_revision, kv.mod_revision), (b("second"), r1, r2));
-    assert!(store.get("/t/g", Some(r3)).await.unwrap().0.is_none(), "deleted at r3");
+    assert_eq!(
+        (kv.value.clone(), kv.create_revision, kv.mod_revision),
+        (b("second"), r1, r2)
+    );
+    assert!(
+        store.get("/t/g", Some(r3)).await.unwrap().0.is_none(),
+        "deleted at r3"
+    );
     assert!(store.get("/t/g", None).await.unwrap().0.is_none());
-    assert!(store.get("/t/later", Some(r3)).await.unwrap().0.is_none(), "not yet created at r3");
+    assert!(
+        store.get("/t/later", Some(r3)).await.unwrap().0.is_none(),
+        "not yet created at r3"
+    );
     assert!(store.get("/t/later", Some(r4)).await.unwrap().0.is_some());
     match store.get("/t/g", Some(r4 + 10)).await {
         Err(StoreError::FutureRevision { requested, current }) => {
@@ -156,7 +184,13 @@ async fn range_prefix_limit_pagination(store: DynStore) {
     store.create("/t/rx", b("outside")).await.unwrap();
     store.create("/t/q", b("outside")).await.unwrap();
 
-    let all = store.range(RangeRequest { prefix: "/t/r/", ..Default::default() }).await.unwrap();
+    let all = store
+        .range(RangeRequest {
+            prefix: "/t/r/",
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let keys: Vec<_> = all.kvs.iter().map(|kv| kv.key.as_str()).collect();
     assert_eq!(keys, ["/t/r/a", "/t/r/b", "/t/r/c", "/t/r/d", "/t/r/e"]);
     assert!(!all.more);
@@ -165,14 +199,26 @@ async fn range_prefix_limit_pagination(store: DynStore) {
         assert_eq!(kv.mod_revision, revs[&kv.key]);
     }
 
-    let page = store.range(RangeRequest { prefix: "/t/r/", limit: 2, ..Default::default() }).await.unwrap();
+    let page = store
+        .range(RangeRequest {
+            prefix: "/t/r/",
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(page.kvs.len(), 2);
     assert!(page.more);
     let mut seen: Vec<String> = page.kvs.iter().map(|kv| kv.key.clone()).collect();
     let mut after = seen.last().cloned();
     loop {
         let page = store
-            .range(RangeRequest { prefix: "/t/r/", limit: 2, start_after: after.as_deref(), revision: Some(all.revision) })
+            .range(RangeRequest {
+                prefix: "/t/r/",
+                limit: 2,
+                start_after: after.as_deref(),
+                revision: Some(all.revision),
+            })
             .await
             .unwrap();
         assert_eq!(page.revision, all.revision);
@@ -183,9 +229,19 @@ async fn range_prefix_limit_pagination(store: DynStore) {
         }
     }
     assert_eq!(seen, keys, "pagination returns every key once, in order");
-    let exact = store.range(RangeRequest { prefix: "/t/r/", limit: 5, ..Default::default() }).await.unwrap();
+    let exact = store
+        .range(RangeRequest {
+            prefix: "/t/r/",
+            limit: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(exact.kvs.len(), 5);
-    assert!(!exact.more, "a limit equal to the count leaves nothing more");
+    assert!(
+        !exact.more,
+        "a limit equal to the count leaves nothing more"
+    );
 
     // A range at a past revision sees the keys as they were.
     let old = all.revision;
@@ -193,26 +249,70 @@ async fn range_prefix_limit_pagination(store: DynStore) {
     store.update("/t/r/c", b("c2"), c).await.unwrap();
     store.delete("/t/r/a", None).await.unwrap();
     store.create("/t/r/f", b("f")).await.unwrap();
-    let past = store.range(RangeRequest { prefix: "/t/r/", revision: Some(old), ..Default::default() }).await.unwrap();
+    let past = store
+        .range(RangeRequest {
+            prefix: "/t/r/",
+            revision: Some(old),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(past.revision, old);
-    let past_keys: Vec<_> = past.kvs.iter().map(|kv| (kv.key.as_str(), kv.value.clone())).collect();
+    let past_keys: Vec<_> = past
+        .kvs
+        .iter()
+        .map(|kv| (kv.key.as_str(), kv.value.clone()))
+        .collect();
     assert_eq!(
         past_keys,
-        [("/t/r/a", b("a")), ("/t/r/b", b("b")), ("/t/r/c", b("c")), ("/t/r/d", b("d")), ("/t/r/e", b("e"))]
+        [
+            ("/t/r/a", b("a")),
+            ("/t/r/b", b("b")),
+            ("/t/r/c", b("c")),
+            ("/t/r/d", b("d")),
+            ("/t/r/e", b("e"))
+        ]
     );
     let past_page = store
-        .range(RangeRequest { prefix: "/t/r/", revision: Some(old), limit: 2, start_after: Some("/t/r/b") })
+        .range(RangeRequest {
+            prefix: "/t/r/",
+            revision: Some(old),
+            limit: 2,
+            start_after: Some("/t/r/b"),
+        })
         .await
         .unwrap();
     let past_page: Vec<_> = past_page.kvs.iter().map(|kv| kv.key.as_str()).collect();
     assert_eq!(past_page, ["/t/r/c", "/t/r/d"]);
-    let now = store.range(RangeRequest { prefix: "/t/r/", ..Default::default() }).await.unwrap();
-    let now_keys: Vec<_> = now.kvs.iter().map(|kv| (kv.key.as_str(), kv.value.clone())).collect();
+    let now = store
+        .range(RangeRequest {
+            prefix: "/t/r/",
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let now_keys: Vec<_> = now
+        .kvs
+        .iter()
+        .map(|kv| (kv.key.as_str(), kv.value.clone()))
+        .collect();
     assert_eq!(
         now_keys,
-        [("/t/r/b", b("b")), ("/t/r/c", b("c2")), ("/t/r/d", b("d")), ("/t/r/e", b("e")), ("/t/r/f", b("f"))]
+        [
+            ("/t/r/b", b("b")),
+            ("/t/r/c", b("c2")),
+            ("/t/r/d", b("d")),
+            ("/t/r/e", b("e")),
+            ("/t/r/f", b("f"))
+        ]
     );
-    let everything = store.range(RangeRequest { prefix: "", ..Default::default() }).await.unwrap();
+    let everything = store
+        .range(RangeRequest {
+            prefix: "",
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(everything.kvs.len(), 7, "the empty prefix covers every key");
 }
 
@@ -225,7 +325,10 @@ async fn revisions_are_monotonic(store: DynStore) {
             store.create(&key, b("x")).await.unwrap()
         } else {
             let (kv, _) = store.get(&key, None).await.unwrap();
-            store.update(&key, b("y"), kv.unwrap().mod_revision).await.unwrap()
+            store
+                .update(&key, b("y"), kv.unwrap().mod_revision)
+                .await
+                .unwrap()
         };
         assert!(rev > last, "revision {rev} after {last}");
         last = rev;
@@ -245,17 +348,31 @@ async fn watch_live_events(store: DynStore) {
 
     let e = next_event(&mut watch).await;
     let (kv, prev) = put_of(&e);
-    assert_eq!((kv.key.as_str(), kv.value.clone(), kv.mod_revision, kv.create_revision), ("/t/w/a", b("1"), c, c));
+    assert_eq!(
+        (
+            kv.key.as_str(),
+            kv.value.clone(),
+            kv.mod_revision,
+            kv.create_revision
+        ),
+        ("/t/w/a", b("1"), c, c)
+    );
     assert!(prev.is_none(), "a create has no previous value");
     let e = next_event(&mut watch).await;
     let (kv, prev) = put_of(&e);
-    assert_eq!((kv.value.clone(), kv.mod_revision, kv.create_revision), (b("2"), u, c));
+    assert_eq!(
+        (kv.value.clone(), kv.mod_revision, kv.create_revision),
+        (b("2"), u, c)
+    );
     let prev = prev.expect("an update carries the previous value");
     assert_eq!((prev.value.clone(), prev.mod_revision), (b("1"), c));
     match next_event(&mut watch).await {
         Event::Delete { prev, revision } => {
             assert_eq!(revision, d);
-            assert_eq!((prev.key.as_str(), prev.value.clone(), prev.mod_revision), ("/t/w/a", b("2"), u));
+            assert_eq!(
+                (prev.key.as_str(), prev.value.clone(), prev.mod_revision),
+                ("/t/w/a", b("2"), u)
+            );
         }
         other => panic!("expected a delete, got {other:?}"),
     }
@@ -298,14 +415,29 @@ async fn watch_replays_then_follows(store: DynStore) {
         let event = next_event(&mut watch).await;
         if let Event::Delete { prev, .. } = &event {
             deletes += 1;
-            assert_eq!(prev.value, b("a2"), "replayed delete carries the last value");
+            assert_eq!(
+                prev.value,
+                b("a2"),
+                "replayed delete carries the last value"
+            );
         }
-        if let Event::Put { kv, prev: Some(prev) } = &event {
-            assert_eq!((kv.value.clone(), prev.value.clone()), (b("a2"), b("a1")), "replayed update carries its previous value");
+        if let Event::Put {
+            kv,
+            prev: Some(prev),
+        } = &event
+        {
+            assert_eq!(
+                (kv.value.clone(), prev.value.clone()),
+                (b("a2"), b("a1")),
+                "replayed update carries its previous value"
+            );
         }
         got.push((event.key().to_string(), event.revision()));
     }
-    assert_eq!(got, expected, "replay then live, in order, with no gap and no duplicate");
+    assert_eq!(
+        got, expected,
+        "replay then live, in order, with no gap and no duplicate"
+    );
     assert_eq!(deletes, 1);
     assert_quiet(&mut watch).await;
 
@@ -329,7 +461,10 @@ async fn watch_reports_progress(store: DynStore) {
             Ok(Some(Ok(Watched::Progress(_)))) | Err(_) => {}
             Ok(other) => panic!("expected only progress, got {other:?}"),
         }
-        assert!(tokio::time::Instant::now() < deadline, "no progress past revision {rev}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress past revision {rev}"
+        );
     }
     let rev = store.create("/t/p/a", b("x")).await.unwrap();
     loop {
@@ -338,7 +473,9 @@ async fn watch_reports_progress(store: DynStore) {
                 assert_eq!((e.key(), e.revision()), ("/t/p/a", rev));
                 break;
             }
-            Ok(Some(Ok(Watched::Progress(r)))) => assert!(r < rev, "progress {r} before the event at {rev}"),
+            Ok(Some(Ok(Watched::Progress(r)))) => {
+                assert!(r < rev, "progress {r} before the event at {rev}")
+            }
             other => panic!("expected the event, got {other:?}"),
         }
     }
@@ -357,10 +494,20 @@ async fn compaction(store: DynStore) {
     assert_eq!(store.compacted_revision().await.unwrap(), r3);
     for old in [r1, r2, rb, rd] {
         match store.get("/t/c/a", Some(old)).await {
-            Err(StoreError::Compacted { requested, compacted }) => assert_eq!((requested, compacted), (old, r3)),
+            Err(StoreError::Compacted {
+                requested,
+                compacted,
+            }) => assert_eq!((requested, compacted), (old, r3)),
             other => panic!("read at compacted {old} must fail, got {other:?}"),
         }
-        match store.range(RangeRequest { prefix: "/t/c/", revision: Some(old), ..Default::default() }).await {
+        match store
+            .range(RangeRequest {
+                prefix: "/t/c/",
+                revision: Some(old),
+                ..Default::default()
+            })
+            .await
+        {
             Err(StoreError::Compacted { .. }) => {}
             other => panic!("range at compacted {old} must fail, got {other:?}"),
         }
@@ -371,13 +518,34 @@ async fn compaction(store: DynStore) {
         }
     }
     // At and after the compact revision everything is still there.
-    let at = store.range(RangeRequest { prefix: "/t/c/", revision: Some(r3), ..Default::default() }).await.unwrap();
-    let at: Vec<_> = at.kvs.iter().map(|kv| (kv.key.as_str(), kv.value.clone())).collect();
+    let at = store
+        .range(RangeRequest {
+            prefix: "/t/c/",
+            revision: Some(r3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let at: Vec<_> = at
+        .kvs
+        .iter()
+        .map(|kv| (kv.key.as_str(), kv.value.clone()))
+        .collect();
     assert_eq!(at, [("/t/c/a", b("a3"))]);
     let (kv, _) = store.get("/t/c/keep", Some(rk)).await.unwrap();
     assert_eq!(kv.unwrap().value, b("k"));
-    let now = store.range(RangeRequest { prefix: "/t/c/", ..Default::default() }).await.unwrap();
-    let now: Vec<_> = now.kvs.iter().map(|kv| (kv.key.as_str(), kv.value.clone())).collect();
+    let now = store
+        .range(RangeRequest {
+            prefix: "/t/c/",
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let now: Vec<_> = now
+        .kvs
+        .iter()
+        .map(|kv| (kv.key.as_str(), kv.value.clone()))
+        .collect();
     assert_eq!(now, [("/t/c/a", b("a4")), ("/t/c/keep", b("k"))]);
 
     let mut watch = store.watch("/t/c/", r3).await.unwrap();
@@ -398,9 +566,24 @@ async fn compaction(store: DynStore) {
     }
     // Compacting to the current revision keeps the latest values.
     store.compact(r4).await.unwrap();
-    let now = store.range(RangeRequest { prefix: "/t/c/", ..Default::default() }).await.unwrap();
+    let now = store
+        .range(RangeRequest {
+            prefix: "/t/c/",
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(now.kvs.len(), 2);
-    assert_eq!(store.get("/t/c/a", Some(r4)).await.unwrap().0.unwrap().value, b("a4"));
+    assert_eq!(
+        store
+            .get("/t/c/a", Some(r4))
+            .await
+            .unwrap()
+            .0
+            .unwrap()
+            .value,
+        b("a4")
+    );
     let r5 = store.update("/t/c/a", b("a5"), r4).await.unwrap();
     assert!(r5 > r4);
 }
@@ -409,7 +592,11 @@ async fn concurrent_creates_one_winner(store: DynStore) {
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let store = store.clone();
-            tokio::spawn(async move { store.create("/t/race", Bytes::from(format!("writer{i}"))).await })
+            tokio::spawn(async move {
+                store
+                    .create("/t/race", Bytes::from(format!("writer{i}")))
+                    .await
+            })
         })
         .collect();
     let mut winners = Vec::new();
@@ -422,7 +609,10 @@ async fn concurrent_creates_one_winner(store: DynStore) {
     }
     assert_eq!(winners.len(), 1, "exactly one create wins: {winners:?}");
     let (kv, _) = store.get("/t/race", None).await.unwrap();
-    assert_eq!(kv.unwrap().value, Bytes::from(format!("writer{}", winners[0].0)));
+    assert_eq!(
+        kv.unwrap().value,
+        Bytes::from(format!("writer{}", winners[0].0))
+    );
 }
 
 async fn concurrent_writers_lose_nothing(store: DynStore) {
@@ -433,7 +623,10 @@ async fn concurrent_writers_lose_nothing(store: DynStore) {
                 let mut acked = Vec::new();
                 for i in 0..60 {
                     let key = format!("/t/many/{w}/{i:03}");
-                    let rev = store.create(&key, Bytes::from(format!("{w}-{i}"))).await.unwrap();
+                    let rev = store
+                        .create(&key, Bytes::from(format!("{w}-{i}")))
+                        .await
+                        .unwrap();
                     acked.push((key, rev));
                 }
                 // Contended compare-and-swap on one shared counter.
@@ -444,7 +637,14 @@ async fn concurrent_writers_lose_nothing(store: DynStore) {
                         None => store.create("/t/many-counter", b("1")).await.map(|_| ()),
                         Some(kv) => {
                             let n: u64 = std::str::from_utf8(&kv.value).unwrap().parse().unwrap();
-                            store.update("/t/many-counter", Bytes::from((n + 1).to_string()), kv.mod_revision).await.map(|_| ())
+                            store
+                                .update(
+                                    "/t/many-counter",
+                                    Bytes::from((n + 1).to_string()),
+                                    kv.mod_revision,
+                                )
+                                .await
+                                .map(|_| ())
                         }
                     };
                     match result {
@@ -465,14 +665,32 @@ async fn concurrent_writers_lose_nothing(store: DynStore) {
             acked.push((key, rev));
         }
     }
-    let all = store.range(RangeRequest { prefix: "/t/many/", ..Default::default() }).await.unwrap();
+    let all = store
+        .range(RangeRequest {
+            prefix: "/t/many/",
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(all.kvs.len(), acked.len());
-    let stored: BTreeMap<_, _> = all.kvs.iter().map(|kv| (kv.key.clone(), kv.mod_revision)).collect();
+    let stored: BTreeMap<_, _> = all
+        .kvs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.mod_revision))
+        .collect();
     for (key, rev) in &acked {
-        assert_eq!(stored.get(key), Some(rev), "acknowledged write {key} at {rev}");
+        assert_eq!(
+            stored.get(key),
+            Some(rev),
+            "acknowledged write {key} at {rev}"
+        );
     }
     let (counter, _) = store.get("/t/many-counter", None).await.unwrap();
-    assert_eq!(counter.unwrap().value, b("80"), "every acknowledged increment counted once");
+    assert_eq!(
+        counter.unwrap().value,
+        b("80"),
+        "every acknowledged increment counted once"
+    );
 }
 
 /// Declares one test per check and backend.

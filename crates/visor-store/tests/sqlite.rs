@@ -20,7 +20,9 @@ const CHILD_DB: &str = "VISOR_STORE_TEST_DURABILITY_DB";
 #[test]
 #[ignore = "run as a child process by acknowledged_writes_survive_sigkill"]
 fn durability_writer_child() {
-    let Ok(path) = std::env::var(CHILD_DB) else { return };
+    let Ok(path) = std::env::var(CHILD_DB) else {
+        return;
+    };
     common::runtime().block_on(async move {
         let store: DynStore = Arc::new(SqliteStore::open(path.as_ref()).expect("open"));
         let (acks, mut acked) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -29,7 +31,10 @@ fn durability_writer_child() {
             tokio::spawn(async move {
                 for i in 0.. {
                     let key = format!("/durable/{writer}/{i:08}");
-                    store.create(&key, Bytes::from(vec![b'x'; 512])).await.expect("create");
+                    store
+                        .create(&key, Bytes::from(vec![b'x'; 512]))
+                        .await
+                        .expect("create");
                     if acks.send(key).is_err() {
                         return;
                     }
@@ -50,7 +55,13 @@ fn acknowledged_writes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("state.db");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "durability_writer_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "durability_writer_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_DB, &db)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -80,15 +91,33 @@ fn acknowledged_writes_survive_sigkill() {
 
     common::runtime().block_on(async {
         let store = SqliteStore::open(&db).unwrap();
-        let all = store.range(RangeRequest { prefix: "/durable/", ..Default::default() }).await.unwrap();
-        let stored: std::collections::HashSet<_> = all.kvs.iter().map(|kv| kv.key.as_str()).collect();
-        let missing: Vec<_> = acked.iter().filter(|k| !stored.contains(k.as_str())).collect();
-        assert!(missing.is_empty(), "{} acknowledged writes lost, e.g. {:?}", missing.len(), missing.first());
+        let all = store
+            .range(RangeRequest {
+                prefix: "/durable/",
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let stored: std::collections::HashSet<_> =
+            all.kvs.iter().map(|kv| kv.key.as_str()).collect();
+        let missing: Vec<_> = acked
+            .iter()
+            .filter(|k| !stored.contains(k.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{} acknowledged writes lost, e.g. {:?}",
+            missing.len(),
+            missing.first()
+        );
         assert!(stored.len() >= acked.len());
         // The reopened store continues the revision sequence.
         let current = store.current_revision().await.unwrap();
         assert_eq!(current as usize, stored.len(), "one revision per create");
-        assert_eq!(store.create("/after", Bytes::new()).await.unwrap(), current + 1);
+        assert_eq!(
+            store.create("/after", Bytes::new()).await.unwrap(),
+            current + 1
+        );
     });
 }
 
@@ -99,8 +128,14 @@ fn reopen_keeps_state_history_and_compaction() {
     let (r1, r2, r3) = common::runtime().block_on(async {
         let store = SqliteStore::open(&db).unwrap();
         let r1 = store.create("/k", Bytes::from_static(b"1")).await.unwrap();
-        let r2 = store.update("/k", Bytes::from_static(b"2"), r1).await.unwrap();
-        let r3 = store.update("/k", Bytes::from_static(b"3"), r2).await.unwrap();
+        let r2 = store
+            .update("/k", Bytes::from_static(b"2"), r1)
+            .await
+            .unwrap();
+        let r3 = store
+            .update("/k", Bytes::from_static(b"3"), r2)
+            .await
+            .unwrap();
         store.compact(r2).await.unwrap();
         (r1, r2, r3)
     });
@@ -109,8 +144,14 @@ fn reopen_keeps_state_history_and_compaction() {
         assert_eq!(store.current_revision().await.unwrap(), r3);
         assert_eq!(store.compacted_revision().await.unwrap(), r2);
         assert!(store.get("/k", Some(r1)).await.is_err());
-        assert_eq!(store.get("/k", Some(r2)).await.unwrap().0.unwrap().value, Bytes::from_static(b"2"));
-        assert_eq!(store.get("/k", None).await.unwrap().0.unwrap().mod_revision, r3);
+        assert_eq!(
+            store.get("/k", Some(r2)).await.unwrap().0.unwrap().value,
+            Bytes::from_static(b"2")
+        );
+        assert_eq!(
+            store.get("/k", None).await.unwrap().0.unwrap().mod_revision,
+            r3
+        );
     });
 }
 
@@ -122,11 +163,21 @@ fn stalled_watcher_blocks_nobody_and_loses_nothing() {
         // Far more batches than the live feed holds, while the watcher reads nothing.
         let started = Instant::now();
         for i in 0..3_000 {
-            store.create(&format!("/s/{i:05}"), Bytes::new()).await.unwrap();
+            store
+                .create(&format!("/s/{i:05}"), Bytes::new())
+                .await
+                .unwrap();
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "writers were held up");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "writers were held up"
+        );
         for i in 0..3_000 {
-            let event = tokio::time::timeout(Duration::from_secs(10), watch.next()).await.unwrap().unwrap().unwrap();
+            let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             assert_eq!(event.key(), format!("/s/{i:05}"));
             assert_eq!(event.revision(), i + 1);
         }
@@ -143,10 +194,17 @@ fn create_throughput() {
         let n = 3_000;
         let started = Instant::now();
         for i in 0..n {
-            store.create(&format!("/bench/seq/{i}"), value.clone()).await.unwrap();
+            store
+                .create(&format!("/bench/seq/{i}"), value.clone())
+                .await
+                .unwrap();
         }
         let elapsed = started.elapsed();
-        println!("sequential: {n} creates in {elapsed:?}: {:.0}/s, {:.3} ms each", n as f64 / elapsed.as_secs_f64(), elapsed.as_secs_f64() * 1e3 / n as f64);
+        println!(
+            "sequential: {n} creates in {elapsed:?}: {:.0}/s, {:.3} ms each",
+            n as f64 / elapsed.as_secs_f64(),
+            elapsed.as_secs_f64() * 1e3 / n as f64
+        );
 
         for clients in [8usize, 32] {
             let per = 2_000;
@@ -156,7 +214,10 @@ fn create_throughput() {
                     let (store, value) = (store.clone(), value.clone());
                     tokio::spawn(async move {
                         for i in 0..per {
-                            store.create(&format!("/bench/c{clients}/{c}/{i}"), value.clone()).await.unwrap();
+                            store
+                                .create(&format!("/bench/c{clients}/{c}/{i}"), value.clone())
+                                .await
+                                .unwrap();
                         }
                     })
                 })
@@ -166,7 +227,50 @@ fn create_throughput() {
             }
             let elapsed = started.elapsed();
             let total = clients * per;
-            println!("{clients} clients: {total} creates in {elapsed:?}: {:.0}/s", total as f64 / elapsed.as_secs_f64());
+            println!(
+                "{clients} clients: {total} creates in {elapsed:?}: {:.0}/s",
+                total as f64 / elapsed.as_secs_f64()
+            );
         }
+    });
+}
+
+#[test]
+fn compactor_keeps_one_interval_of_history() {
+    let (_dir, store) = common::sqlite();
+    common::runtime().block_on(async {
+        for i in 0..3 {
+            store
+                .create(&format!("/k/{i}"), Bytes::new())
+                .await
+                .unwrap();
+        }
+        let first = store.current_revision().await.unwrap();
+        let interval = Duration::from_millis(300);
+        // The first tick remembers `first`; the next compacts to it.
+        let compactor = visor_store::compactor::spawn(store.clone(), interval);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for i in 3..6 {
+            store
+                .create(&format!("/k/{i}"), Bytes::new())
+                .await
+                .unwrap();
+        }
+        let second = store.current_revision().await.unwrap();
+        assert_eq!(
+            store.compacted_revision().await.unwrap(),
+            0,
+            "nothing compacted before one interval"
+        );
+        tokio::time::sleep(interval).await;
+        assert_eq!(
+            store.compacted_revision().await.unwrap(),
+            first,
+            "compacted to the revision one interval old"
+        );
+        assert!(store.get("/k/0", Some(first)).await.is_ok());
+        tokio::time::sleep(interval).await;
+        assert_eq!(store.compacted_revision().await.unwrap(), second);
+        compactor.abort();
     });
 }

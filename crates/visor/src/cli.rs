@@ -12,6 +12,9 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::bench::BenchCommand;
+
+/// How long leftover tasks get to finish after a command returns.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 use crate::server::{self, ServerOptions};
 
 /// Visor: a Kubernetes-compatible control plane for a virtualization cluster.
@@ -56,14 +59,21 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: starting the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let outcome = runtime.block_on(run(cli.command));
+    // Whatever is still running once the command is done (idle connections, background
+    // timers) must not hold the process up; everything acknowledged is already durable.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -75,15 +85,29 @@ pub fn main() -> ExitCode {
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Server { data_dir, listen, datastore } => {
-            server::run(ServerOptions { data_dir, listen, datastore }).await
+        Command::Server {
+            data_dir,
+            listen,
+            datastore,
+        } => {
+            server::run(ServerOptions {
+                data_dir,
+                listen,
+                datastore,
+            })
+            .await
         }
         Command::Up { data_dir, listen } => {
             let data_dir = match data_dir {
                 Some(dir) => dir,
                 None => server::default_data_dir()?,
             };
-            server::run(ServerOptions { data_dir, listen, datastore: "sqlite".into() }).await
+            server::run(ServerOptions {
+                data_dir,
+                listen,
+                datastore: "sqlite".into(),
+            })
+            .await
         }
         Command::Bench { bench } => crate::bench::run(bench).await,
     }
@@ -92,9 +116,13 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 /// Logs go to stderr, so stdout carries only what scripts read (the kubeconfig lines, bench
 /// results). `RUST_LOG` overrides the default of `info` for Visor's own crates.
 fn init_logging() {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("warn,visor=info,visor_apiserver=info,visor_store=info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("warn,visor=info,visor_apiserver=info,visor_store=info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 #[cfg(test)]
@@ -110,15 +138,34 @@ mod tests {
     #[test]
     fn server_flags_keep_their_contract() {
         let cli = Cli::try_parse_from([
-            "visor", "server", "--data-dir", "/tmp/d", "--listen", "127.0.0.1:0", "--datastore", "etcd://127.0.0.1:2379",
+            "visor",
+            "server",
+            "--data-dir",
+            "/tmp/d",
+            "--listen",
+            "127.0.0.1:0",
+            "--datastore",
+            "etcd://127.0.0.1:2379",
         ])
         .unwrap();
-        let Command::Server { data_dir, listen, datastore } = cli.command else { panic!("not server") };
+        let Command::Server {
+            data_dir,
+            listen,
+            datastore,
+        } = cli.command
+        else {
+            panic!("not server")
+        };
         assert_eq!(data_dir, PathBuf::from("/tmp/d"));
         assert_eq!(listen.port(), 0);
         assert_eq!(datastore, "etcd://127.0.0.1:2379");
         let cli = Cli::try_parse_from(["visor", "server", "--data-dir", "d"]).unwrap();
-        let Command::Server { listen, datastore, .. } = cli.command else { panic!("not server") };
+        let Command::Server {
+            listen, datastore, ..
+        } = cli.command
+        else {
+            panic!("not server")
+        };
         assert_eq!(listen, "127.0.0.1:6443".parse().unwrap());
         assert_eq!(datastore, "sqlite");
     }
@@ -126,7 +173,15 @@ mod tests {
     #[test]
     fn bench_api_defaults() {
         let cli = Cli::try_parse_from(["visor", "bench", "api", "--kubeconfig", "k"]).unwrap();
-        let Command::Bench { bench: BenchCommand::Api(args) } = cli.command else { panic!("not bench api") };
-        assert_eq!((args.connections, args.objects, args.json), (1, 1000, false));
+        let Command::Bench {
+            bench: BenchCommand::Api(args),
+        } = cli.command
+        else {
+            panic!("not bench api")
+        };
+        assert_eq!(
+            (args.connections, args.objects, args.json),
+            (1, 1000, false)
+        );
     }
 }

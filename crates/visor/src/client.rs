@@ -35,7 +35,9 @@ pub struct ApiClient {
 
 impl std::fmt::Debug for ApiClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiClient").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("ApiClient")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -48,21 +50,33 @@ impl ApiClient {
     /// A client for `credentials`. Resolves the server's address once, so every connection
     /// goes to the same one.
     pub async fn new(credentials: &Credentials) -> anyhow::Result<ApiClient> {
-        let uri: Uri = credentials.server.parse().context("parsing the server URL")?;
-        let authority = uri.authority().context("the server URL has no host")?.clone();
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+        let uri: Uri = credentials
+            .server
+            .parse()
+            .context("parsing the server URL")?;
+        let authority = uri
+            .authority()
+            .context("the server URL has no host")?
+            .clone();
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let port = authority.port_u16().unwrap_or(443);
         let addr = tokio::net::lookup_host((host.as_str(), port))
             .await
             .with_context(|| format!("resolving {host}"))?
             .next()
             .with_context(|| format!("{host} has no address"))?;
-        let server_name =
-            ServerName::try_from(host.clone()).with_context(|| format!("{host:?} is not a server name"))?;
+        let server_name = ServerName::try_from(host.clone())
+            .with_context(|| format!("{host:?} is not a server name"))?;
 
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(credentials.ca_pem.as_bytes()) {
-            roots.add(cert.context("parsing the CA certificate")?).context("adding the CA")?;
+            roots
+                .add(cert.context("parsing the CA certificate")?)
+                .context("adding the CA")?;
         }
         let chain = CertificateDer::pem_slice_iter(credentials.client_cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
@@ -109,7 +123,11 @@ impl ApiClient {
             // the next request reports it, so the error needs no handling here.
             let _ = connection.await;
         });
-        Ok(Connection { sender, authority: self.authority.clone(), task })
+        Ok(Connection {
+            sender,
+            authority: self.authority.clone(),
+            task,
+        })
     }
 }
 
@@ -136,9 +154,8 @@ pub struct Response {
 
 impl Response {
     pub fn json(&self) -> anyhow::Result<serde_json::Value> {
-        serde_json::from_slice(&self.body).with_context(|| {
-            format!("response ({}) is not JSON: {}", self.status, self.text())
-        })
+        serde_json::from_slice(&self.body)
+            .with_context(|| format!("response ({}) is not JSON: {}", self.status, self.text()))
     }
 
     pub fn text(&self) -> String {
@@ -189,10 +206,21 @@ impl Connection {
     }
 
     /// Sends a prepared request and reads the whole response.
-    pub async fn send_request(&mut self, request: Request<Full<Bytes>>) -> anyhow::Result<Response> {
+    pub async fn send_request(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> anyhow::Result<Response> {
         let (status, headers, body) = self.open(request).await?;
-        let body = body.collect().await.context("reading a response body")?.to_bytes();
-        Ok(Response { status, headers, body })
+        let body = body
+            .collect()
+            .await
+            .context("reading a response body")?
+            .to_bytes();
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// Sends a GET and returns the response head with the body still streaming (for watches).
@@ -207,7 +235,11 @@ impl Connection {
         request: Request<Full<Bytes>>,
     ) -> anyhow::Result<(StatusCode, HeaderMap, Incoming)> {
         self.sender.ready().await.context("the connection closed")?;
-        let response = self.sender.send_request(request).await.context("sending a request")?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .context("sending a request")?;
         let (parts, body) = response.into_parts();
         Ok((parts.status, parts.headers, body))
     }
@@ -221,7 +253,10 @@ pub struct Lines {
 
 impl Lines {
     pub fn new(body: Incoming) -> Lines {
-        Lines { body, buffer: Vec::new() }
+        Lines {
+            body,
+            buffer: Vec::new(),
+        }
     }
 
     /// The next complete line without its newline, or `None` once the body has ended.

@@ -117,24 +117,41 @@ impl Kubeconfig {
             }],
             contexts: vec![NamedContext {
                 name: "visor".into(),
-                context: ContextSpec { cluster: "visor".into(), user: "admin".into(), namespace: None },
+                context: ContextSpec {
+                    cluster: "visor".into(),
+                    user: "admin".into(),
+                    namespace: None,
+                },
             }],
             current_context: "visor".into(),
         }
     }
 
     pub fn read(path: &Path) -> anyhow::Result<Kubeconfig> {
-        let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
     /// Writes the kubeconfig to `path` with mode 0600 (it holds a private key), atomically: a
     /// reader — a person or a tool polling for the file — sees the whole file or none.
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let yaml = serde_saphyr::to_string(self).context("serializing a kubeconfig")?;
-        let dir = path.parent().context("a kubeconfig path without a directory")?;
-        let name = path.file_name().context("a kubeconfig path without a file name")?;
-        let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+        // Plain scalars: the base64 fields are long, and some kubeconfig readers (scripts using
+        // grep/sed) expect `key: value` on one line rather than folded blocks.
+        let mut options = serde_saphyr::SerializerOptions::default();
+        options.prefer_block_scalars = false;
+        let yaml = serde_saphyr::to_string_with_options(self, options).context("serializing a kubeconfig")?;
+        let dir = path
+            .parent()
+            .context("a kubeconfig path without a directory")?;
+        let name = path
+            .file_name()
+            .context("a kubeconfig path without a file name")?;
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
         let result = (|| -> std::io::Result<()> {
             let mut file = fs::OpenOptions::new()
                 .write(true)
@@ -160,7 +177,12 @@ impl Kubeconfig {
             .contexts
             .iter()
             .find(|c| c.name == self.current_context)
-            .with_context(|| format!("the current context {:?} is not defined", self.current_context))?;
+            .with_context(|| {
+                format!(
+                    "the current context {:?} is not defined",
+                    self.current_context
+                )
+            })?;
         let cluster = self
             .clusters
             .iter()
@@ -183,8 +205,12 @@ impl Kubeconfig {
             base,
             "client-certificate",
         )?;
-        let client_key_pem =
-            data_or_file(&user.user.client_key_data, &user.user.client_key, base, "client-key")?;
+        let client_key_pem = data_or_file(
+            &user.user.client_key_data,
+            &user.user.client_key,
+            base,
+            "client-key",
+        )?;
         if !cluster.cluster.server.starts_with("https://") {
             bail!("server {:?} is not an https:// URL", cluster.cluster.server);
         }
@@ -213,7 +239,9 @@ fn data_or_file(
         let path: PathBuf = base.join(file);
         return fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()));
     }
-    bail!("the kubeconfig has no {what}(-data); only client-certificate authentication is supported")
+    bail!(
+        "the kubeconfig has no {what}(-data); only client-certificate authentication is supported"
+    )
 }
 
 /// Reads a kubeconfig file and returns its current context's credentials.
@@ -230,8 +258,13 @@ mod tests {
     fn admin_kubeconfig_round_trips_with_mode_0600() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("admin.kubeconfig");
-        Kubeconfig::admin("https://127.0.0.1:6443", "CA\n", "CERT\n", "KEY\n").write(&path).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        Kubeconfig::admin("https://127.0.0.1:6443", "CA\n", "CERT\n", "KEY\n")
+            .write(&path)
+            .unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains("current-context: visor"), "{text}");
         assert!(text.contains("certificate-authority-data:"), "{text}");
@@ -240,7 +273,11 @@ mod tests {
         assert_eq!(credentials.ca_pem, "CA\n");
         assert_eq!(credentials.client_cert_pem, "CERT\n");
         assert_eq!(credentials.client_key_pem, "KEY\n");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file is left");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file is left"
+        );
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! - [`cli`]: the command line, one subcommand per role;
 //! - [`server`]: `visor server` and `visor up`;
 //! - [`kubeconfig`]: writing and reading kubeconfig files;
+//! - [`controllers`]: the in-process controllers, connected as API clients;
 //! - [`client`]: a minimal HTTPS client for the Kubernetes API (benchmarks and tests);
 //! - [`bench`]: `visor bench`.
 
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod controllers;
 pub mod kubeconfig;
 pub mod server;

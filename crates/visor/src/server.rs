@@ -64,6 +64,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     .context("starting the API server")?;
     let url = server_url(server.local_addr);
     tracing::info!(%url, "serving");
+    let controllers = crate::controllers::spawn(&url, &pki).await?;
 
     let (cert, key) = pki
         .issue_client_cert("admin", &["system:masters"])
@@ -78,6 +79,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         _ = sigint.recv() => "SIGINT",
     };
     tracing::info!(signal = signal_name, "shutting down");
+    controllers.abort();
     server.shutdown().await.context("shutting down")?;
     tracing::info!("stopped");
     Ok(())
@@ -103,7 +105,8 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))?;
-    dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))
+    dir.canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))
 }
 
 /// The data directory `visor up` uses unless told otherwise: `$VISOR_DATA_DIR`, else
@@ -124,9 +127,21 @@ mod tests {
 
     #[test]
     fn wildcard_addresses_become_loopback_in_urls() {
-        assert_eq!(server_url("0.0.0.0:6443".parse().unwrap()), "https://127.0.0.1:6443");
-        assert_eq!(server_url("[::]:6443".parse().unwrap()), "https://[::1]:6443");
-        assert_eq!(server_url("127.0.0.1:7000".parse().unwrap()), "https://127.0.0.1:7000");
-        assert_eq!(server_url("[::1]:7000".parse().unwrap()), "https://[::1]:7000");
+        assert_eq!(
+            server_url("0.0.0.0:6443".parse().unwrap()),
+            "https://127.0.0.1:6443"
+        );
+        assert_eq!(
+            server_url("[::]:6443".parse().unwrap()),
+            "https://[::1]:6443"
+        );
+        assert_eq!(
+            server_url("127.0.0.1:7000".parse().unwrap()),
+            "https://127.0.0.1:7000"
+        );
+        assert_eq!(
+            server_url("[::1]:7000".parse().unwrap()),
+            "https://[::1]:7000"
+        );
     }
 }

@@ -101,13 +101,19 @@ pub fn resources() -> Vec<ResourceDef> {
             .typed::<core::v1::PersistentVolume>()
             .columns(printers::persistentvolume())
             .defaulter(defaults::persistentvolume),
-        ResourceDef::new("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", true)
-            .short_names(&["pvc"])
-            .subresources(&[Status])
-            .typed::<core::v1::PersistentVolumeClaim>()
-            .columns(printers::persistentvolumeclaim())
-            .defaulter(defaults::persistentvolumeclaim)
-            .validator(validation::persistentvolumeclaim),
+        ResourceDef::new(
+            "",
+            "v1",
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            true,
+        )
+        .short_names(&["pvc"])
+        .subresources(&[Status])
+        .typed::<core::v1::PersistentVolumeClaim>()
+        .columns(printers::persistentvolumeclaim())
+        .defaulter(defaults::persistentvolumeclaim)
+        .validator(validation::persistentvolumeclaim),
         ResourceDef::new("", "v1", "PodTemplate", "podtemplates", true)
             .typed::<core::v1::PodTemplate>()
             .columns(printers::podtemplate()),
@@ -183,31 +189,61 @@ pub fn resources() -> Vec<ResourceDef> {
                 from_storage: super::defaults::event_core_to_v1,
             }),
         // storage.k8s.io/v1
-        ResourceDef::new("storage.k8s.io", "v1", "StorageClass", "storageclasses", false)
-            .short_names(&["sc"])
-            .typed::<storage::v1::StorageClass>()
-            .columns(printers::storageclass())
-            .defaulter(defaults::storageclass),
+        ResourceDef::new(
+            "storage.k8s.io",
+            "v1",
+            "StorageClass",
+            "storageclasses",
+            false,
+        )
+        .short_names(&["sc"])
+        .typed::<storage::v1::StorageClass>()
+        .columns(printers::storageclass())
+        .defaulter(defaults::storageclass),
         // rbac.authorization.k8s.io/v1
-        ResourceDef::new("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false)
-            .typed::<rbac::v1::ClusterRole>()
-            .columns(printers::clusterrole()),
-        ResourceDef::new("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false)
-            .typed::<rbac::v1::ClusterRoleBinding>()
-            .columns(printers::clusterrolebinding()),
+        ResourceDef::new(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRole",
+            "clusterroles",
+            false,
+        )
+        .typed::<rbac::v1::ClusterRole>()
+        .columns(printers::clusterrole()),
+        ResourceDef::new(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            false,
+        )
+        .typed::<rbac::v1::ClusterRoleBinding>()
+        .columns(printers::clusterrolebinding()),
         ResourceDef::new("rbac.authorization.k8s.io", "v1", "Role", "roles", true)
             .typed::<rbac::v1::Role>()
             .columns(printers::role()),
-        ResourceDef::new("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true)
-            .typed::<rbac::v1::RoleBinding>()
-            .columns(printers::rolebinding()),
+        ResourceDef::new(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+            true,
+        )
+        .typed::<rbac::v1::RoleBinding>()
+        .columns(printers::rolebinding()),
         // apiextensions.k8s.io/v1
-        ResourceDef::new("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", false)
-            .short_names(&["crd", "crds"])
-            .categories(&["api-extensions"])
-            .subresources(&[Status])
-            .generation()
-            .typed::<apiextensions::CustomResourceDefinition>()
-            .columns(printers::customresourcedefinition()),
+        ResourceDef::new(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            false,
+        )
+        .short_names(&["crd", "crds"])
+        .categories(&["api-extensions"])
+        .subresources(&[Status])
+        .generation()
+        .typed::<apiextensions::CustomResourceDefinition>()
+        .columns(printers::customresourcedefinition()),
     ]
 }

@@ -54,10 +54,18 @@ impl Subresource {
     }
 
     /// Verbs as discovery lists them, and the kind its responses carry.
-    pub fn discovery(self) -> (&'static [&'static str], Option<(&'static str, &'static str, &'static str)>) {
+    pub fn discovery(
+        self,
+    ) -> (
+        &'static [&'static str],
+        Option<(&'static str, &'static str, &'static str)>,
+    ) {
         match self {
             Subresource::Status => (&["get", "patch", "update"], None),
-            Subresource::Scale => (&["get", "patch", "update"], Some(("autoscaling", "v1", "Scale"))),
+            Subresource::Scale => (
+                &["get", "patch", "update"],
+                Some(("autoscaling", "v1", "Scale")),
+            ),
             Subresource::Finalize => (&["update"], None),
             Subresource::Binding => (&["create"], Some(("", "v1", "Binding"))),
             Subresource::Eviction => (&["create"], Some(("policy", "v1", "Eviction"))),
@@ -94,7 +102,14 @@ pub struct Column {
 
 impl Column {
     pub fn new(name: &str, type_: &'static str, priority: i32, source: CellSource) -> Self {
-        Column { name: name.to_string(), type_, format: "", description: String::new(), priority, source }
+        Column {
+            name: name.to_string(),
+            type_,
+            format: "",
+            description: String::new(),
+            priority,
+            source,
+        }
     }
 
     pub fn name() -> Self {
@@ -142,8 +157,16 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn required(field: impl Into<String>, detail: &str) -> Self {
-        let message = if detail.is_empty() { "Required value".to_string() } else { format!("Required value: {detail}") };
-        FieldError { reason: "FieldValueRequired", field: field.into(), message }
+        let message = if detail.is_empty() {
+            "Required value".to_string()
+        } else {
+            format!("Required value: {detail}")
+        };
+        FieldError {
+            reason: "FieldValueRequired",
+            field: field.into(),
+            message,
+        }
     }
 
     pub fn invalid(field: impl Into<String>, value: &Value, detail: &str) -> Self {
@@ -151,7 +174,11 @@ impl FieldError {
             Value::String(s) => format!("{s:?}"),
             other => other.to_string(),
         };
-        FieldError { reason: "FieldValueInvalid", field: field.into(), message: format!("Invalid value: {shown}: {detail}") }
+        FieldError {
+            reason: "FieldValueInvalid",
+            field: field.into(),
+            message: format!("Invalid value: {shown}: {detail}"),
+        }
     }
 
     pub fn not_supported(field: impl Into<String>, value: &Value, supported: &[&str]) -> Self {
@@ -159,16 +186,27 @@ impl FieldError {
         FieldError {
             reason: "FieldValueNotSupported",
             field: field.into(),
-            message: format!("Unsupported value: {value}: supported values: {}", quoted.join(", ")),
+            message: format!(
+                "Unsupported value: {value}: supported values: {}",
+                quoted.join(", ")
+            ),
         }
     }
 
     pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
-        FieldError { reason: "FieldValueForbidden", field: field.into(), message: format!("Forbidden: {detail}") }
+        FieldError {
+            reason: "FieldValueForbidden",
+            field: field.into(),
+            message: format!("Forbidden: {detail}"),
+        }
     }
 
     pub fn duplicate(field: impl Into<String>, value: &Value) -> Self {
-        FieldError { reason: "FieldValueDuplicate", field: field.into(), message: format!("Duplicate value: {value}") }
+        FieldError {
+            reason: "FieldValueDuplicate",
+            field: field.into(),
+            message: format!("Duplicate value: {value}"),
+        }
     }
 
     /// The text upstream prints for the whole error: `field: message`.
@@ -319,7 +357,11 @@ impl ResourceDef {
     }
 
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
 
     pub fn has(&self, sub: Subresource) -> bool {
@@ -328,7 +370,11 @@ impl ResourceDef {
 
     /// The storage group segment of keys: the group, or `core` for the legacy group.
     fn storage_group(&self) -> &str {
-        let group = self.shared_storage.as_ref().map(|s| s.group).unwrap_or(&self.group);
+        let group = self
+            .shared_storage
+            .as_ref()
+            .map(|s| s.group)
+            .unwrap_or(&self.group);
         if group.is_empty() { "core" } else { group }
     }
 
@@ -355,9 +401,16 @@ impl ResourceDef {
 
     /// The table columns, with upstream's defaults when the kind declares none.
     pub fn table_columns(&self) -> Vec<Column> {
-        if self.columns.is_empty() { vec![Column::name(), Column::age()] } else { self.columns.clone() }
+        if self.columns.is_empty() {
+            printers::default_columns()
+        } else {
+            self.columns.clone()
+        }
     }
 }
+
+/// One version of a group and the resources served at it.
+pub type GroupVersion = (String, Vec<Arc<ResourceDef>>);
 
 /// Every resource the server serves, looked up by group-version and plural (or any alias).
 #[derive(Default)]
@@ -367,7 +420,9 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn new(defs: Vec<ResourceDef>) -> Self {
-        Catalog { defs: RwLock::new(defs.into_iter().map(Arc::new).collect()) }
+        Catalog {
+            defs: RwLock::new(defs.into_iter().map(Arc::new).collect()),
+        }
     }
 
     /// The built-in Kubernetes kinds.
@@ -410,15 +465,17 @@ impl Catalog {
             .read()
             .expect("catalog lock")
             .iter()
-            .find(|d| d.plural == plural && d.group == group && d.shared_storage.is_none() && d.preferred)
+            .find(|d| {
+                d.plural == plural && d.group == group && d.shared_storage.is_none() && d.preferred
+            })
             .cloned()
     }
 
     /// Group → versions (preferred first) → resources, in a stable order for discovery.
-    pub fn groups(&self) -> Vec<(String, Vec<(String, Vec<Arc<ResourceDef>>)>)> {
+    pub fn groups(&self) -> Vec<(String, Vec<GroupVersion>)> {
         let defs = self.all();
         let mut order: Vec<String> = Vec::new();
-        let mut by_group: BTreeMap<String, Vec<(String, Vec<Arc<ResourceDef>>)>> = BTreeMap::new();
+        let mut by_group: BTreeMap<String, Vec<GroupVersion>> = BTreeMap::new();
         for def in defs {
             if !order.contains(&def.group) {
                 order.push(def.group.clone());
@@ -435,21 +492,29 @@ impl Catalog {
                 }
             }
         }
-        order.into_iter().map(|g| {
-            let versions = by_group.remove(&g).unwrap_or_default();
-            (g, versions)
-        }).collect()
+        order
+            .into_iter()
+            .map(|g| {
+                let versions = by_group.remove(&g).unwrap_or_default();
+                (g, versions)
+            })
+            .collect()
     }
 
     /// Adds or replaces a resource (custom resources arrive this way).
     pub fn upsert(&self, def: ResourceDef) {
         let mut defs = self.defs.write().expect("catalog lock");
-        defs.retain(|d| !(d.group == def.group && d.version == def.version && d.plural == def.plural));
+        defs.retain(|d| {
+            !(d.group == def.group && d.version == def.version && d.plural == def.plural)
+        });
         defs.push(Arc::new(def));
     }
 
     /// Removes every version of a resource.
     pub fn remove(&self, group: &str, plural: &str) {
-        self.defs.write().expect("catalog lock").retain(|d| !(d.group == group && d.plural == plural));
+        self.defs
+            .write()
+            .expect("catalog lock")
+            .retain(|d| !(d.group == group && d.plural == plural));
     }
 }

@@ -51,7 +51,11 @@ fn human_duration_nanos(nanos: i128) -> String {
     let minutes = seconds / 60;
     if minutes < 10 {
         let s = seconds % 60;
-        return if s == 0 { format!("{minutes}m") } else { format!("{minutes}m{s}s") };
+        return if s == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{s}s")
+        };
     }
     if minutes < 60 * 3 {
         return format!("{minutes}m");
@@ -59,21 +63,33 @@ fn human_duration_nanos(nanos: i128) -> String {
     let hours = minutes / 60;
     if hours < 8 {
         let m = minutes % 60;
-        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
     }
     if hours < 48 {
         return format!("{hours}h");
     }
     if hours < 24 * 8 {
         let h = hours % 24;
-        return if h == 0 { format!("{}d", hours / 24) } else { format!("{}d{h}h", hours / 24) };
+        return if h == 0 {
+            format!("{}d", hours / 24)
+        } else {
+            format!("{}d{h}h", hours / 24)
+        };
     }
     if hours < 24 * 365 * 2 {
         return format!("{}d", hours / 24);
     }
     if hours < 24 * 365 * 8 {
         let dy = (hours / 24) % 365;
-        return if dy == 0 { format!("{}y", hours / 24 / 365) } else { format!("{}y{dy}d", hours / 24 / 365) };
+        return if dy == 0 {
+            format!("{}y", hours / 24 / 365)
+        } else {
+            format!("{}y{dy}d", hours / 24 / 365)
+        };
     }
     format!("{}y", hours / 24 / 365)
 }
@@ -95,10 +111,6 @@ pub fn age(created: &str) -> String {
     }
 }
 
-fn age_of(v: Option<&Value>) -> String {
-    age(v.and_then(Value::as_str).unwrap_or(""))
-}
-
 // ---------------------------------------------------------------------------------------
 // JSON helpers
 // ---------------------------------------------------------------------------------------
@@ -116,7 +128,10 @@ fn i(v: &Value, path: &[&str]) -> i64 {
 }
 
 fn list<'a>(v: &'a Value, path: &[&str]) -> &'a [Value] {
-    at(v, path).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    at(v, path)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 fn map<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Map<String, Value>> {
@@ -133,28 +148,43 @@ fn or_none(s: &str) -> Value {
 
 fn has_condition(conditions: &[Value], type_: &str) -> bool {
     // Upstream looks at the first condition of the type only.
-    conditions.iter().find(|c| s(c, &["type"]) == type_).is_some_and(|c| s(c, &["status"]) == "True")
+    conditions
+        .iter()
+        .find(|c| s(c, &["type"]) == type_)
+        .is_some_and(|c| s(c, &["status"]) == "True")
 }
 
 /// Upstream's `labels.FormatLabels`: sorted `k=v` pairs, `<none>` when empty.
 fn format_labels(m: Option<&Map<String, Value>>) -> String {
-    let mut pairs: Vec<String> =
-        m.into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+    let mut pairs: Vec<String> = m
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
     pairs.sort();
-    if pairs.is_empty() { "<none>".to_string() } else { pairs.join(",") }
+    if pairs.is_empty() {
+        "<none>".to_string()
+    } else {
+        pairs.join(",")
+    }
 }
 
 /// A label selector in upstream's `labels.Selector.String()` form: requirements sorted by
 /// key, `k=v`, `k in (a,b)`, `k notin (a,b)`, `k`, `!k`. Empty for an empty or missing selector.
 pub fn format_selector(sel: Option<&Value>) -> String {
-    let Some(sel) = sel.filter(|v| v.is_object()) else { return String::new() };
+    let Some(sel) = sel.filter(|v| v.is_object()) else {
+        return String::new();
+    };
     let mut reqs: Vec<(String, String)> = Vec::new();
     for (k, v) in map(sel, &["matchLabels"]).into_iter().flatten() {
         reqs.push((k.clone(), format!("{k}={}", v.as_str().unwrap_or(""))));
     }
     for e in list(sel, &["matchExpressions"]) {
         let key = s(e, &["key"]);
-        let mut values: Vec<&str> = list(e, &["values"]).iter().filter_map(Value::as_str).collect();
+        let mut values: Vec<&str> = list(e, &["values"])
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         values.sort();
         values.dedup();
         let req = match s(e, &["operator"]) {
@@ -167,18 +197,27 @@ pub fn format_selector(sel: Option<&Value>) -> String {
         reqs.push((key.to_string(), req));
     }
     reqs.sort_by(|a, b| a.0.cmp(&b.0));
-    reqs.into_iter().map(|(_, r)| r).collect::<Vec<_>>().join(",")
+    reqs.into_iter()
+        .map(|(_, r)| r)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Upstream's `metav1.FormatLabelSelector`: like [`format_selector`], `<none>` when empty.
 fn format_label_selector(sel: Option<&Value>) -> String {
     let out = format_selector(sel);
-    if out.is_empty() { "<none>".to_string() } else { out }
+    if out.is_empty() {
+        "<none>".to_string()
+    } else {
+        out
+    }
 }
 
 /// Container names and images joined with commas (upstream's `layoutContainerCells`).
 fn containers_cells(pod_spec: Option<&Value>) -> (String, String) {
-    let containers = pod_spec.and_then(|p| p.get("containers")).and_then(Value::as_array);
+    let containers = pod_spec
+        .and_then(|p| p.get("containers"))
+        .and_then(Value::as_array);
     let (mut names, mut images) = (Vec::new(), Vec::new());
     for c in containers.into_iter().flatten() {
         names.push(s(c, &["name"]));
@@ -194,7 +233,9 @@ fn template_spec(obj: &Value) -> Option<&Value> {
 /// A quantity as upstream prints it (canonical form), or as written if it does not parse.
 fn quantity_text(v: Option<&Value>) -> String {
     match v {
-        Some(Value::String(q)) => super::validation::canonical_quantity(q).unwrap_or_else(|| q.clone()),
+        Some(Value::String(q)) => {
+            super::validation::canonical_quantity(q).unwrap_or_else(|| q.clone())
+        }
         Some(Value::Number(n)) => n.to_string(),
         _ => "0".to_string(),
     }
@@ -204,8 +245,17 @@ fn quantity_text(v: Option<&Value>) -> String {
 // Column constructors
 // ---------------------------------------------------------------------------------------
 
-fn col(name: &str, type_: &'static str, priority: i32, description: &str, f: fn(&Value) -> Value) -> Column {
-    Column { description: description.to_string(), ..Column::printer(name, type_, priority, f) }
+fn col(
+    name: &str,
+    type_: &'static str,
+    priority: i32,
+    description: &str,
+    f: fn(&Value) -> Value,
+) -> Column {
+    Column {
+        description: description.to_string(),
+        ..Column::printer(name, type_, priority, f)
+    }
 }
 
 fn wide(name: &str, description: &str, f: fn(&Value) -> Value) -> Column {
@@ -271,7 +321,9 @@ fn workload_wide_columns(with_selector: bool) -> Vec<Column> {
 pub fn namespace() -> Vec<Column> {
     vec![
         Column::name(),
-        col("Status", "string", 0, "The status of the namespace", |o| text(s(o, &["status", "phase"]))),
+        col("Status", "string", 0, "The status of the namespace", |o| {
+            text(s(o, &["status", "phase"]))
+        }),
         Column::age(),
     ]
 }
@@ -281,14 +333,20 @@ pub fn configmap() -> Vec<Column> {
         let n = map(o, &["data"]).map_or(0, Map::len) + map(o, &["binaryData"]).map_or(0, Map::len);
         Value::from(n)
     }
-    vec![Column::name(), col("Data", "string", 0, "", data), Column::age()]
+    vec![
+        Column::name(),
+        col("Data", "string", 0, "", data),
+        Column::age(),
+    ]
 }
 
 pub fn secret() -> Vec<Column> {
     vec![
         Column::name(),
         col("Type", "string", 0, "", |o| text(s(o, &["type"]))),
-        col("Data", "string", 0, "", |o| Value::from(map(o, &["data"]).map_or(0, Map::len))),
+        col("Data", "string", 0, "", |o| {
+            Value::from(map(o, &["data"]).map_or(0, Map::len))
+        }),
         Column::age(),
     ]
 }
@@ -296,7 +354,9 @@ pub fn secret() -> Vec<Column> {
 pub fn serviceaccount() -> Vec<Column> {
     vec![
         Column::name(),
-        col("Secrets", "string", 0, "", |o| Value::from(list(o, &["secrets"]).len())),
+        col("Secrets", "string", 0, "", |o| {
+            Value::from(list(o, &["secrets"]).len())
+        }),
         Column::age(),
     ]
 }
@@ -329,21 +389,39 @@ fn endpoints_cell(o: &Value) -> Value {
                     let ip = s(a, &["ip"]);
                     let port = i(p, &["port"]);
                     // net.JoinHostPort brackets IPv6 addresses.
-                    shown.push(if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") });
+                    shown.push(if ip.contains(':') {
+                        format!("[{ip}]:{port}")
+                    } else {
+                        format!("{ip}:{port}")
+                    });
                 }
             }
         }
     }
     let joined = shown.join(",");
-    if count > MAX { text(format!("{joined} + {} more...", count - MAX)) } else { text(joined) }
+    if count > MAX {
+        text(format!("{joined} + {} more...", count - MAX))
+    } else {
+        text(joined)
+    }
 }
 
 pub fn endpoints() -> Vec<Column> {
-    vec![Column::name(), col("Endpoints", "string", 0, "", endpoints_cell), Column::age()]
+    vec![
+        Column::name(),
+        col("Endpoints", "string", 0, "", endpoints_cell),
+        Column::age(),
+    ]
 }
 
 pub fn lease() -> Vec<Column> {
-    vec![Column::name(), col("Holder", "string", 0, "", |o| text(s(o, &["spec", "holderIdentity"]))), Column::age()]
+    vec![
+        Column::name(),
+        col("Holder", "string", 0, "", |o| {
+            text(s(o, &["spec", "holderIdentity"]))
+        }),
+        Column::age(),
+    ]
 }
 
 pub fn podtemplate() -> Vec<Column> {
@@ -361,7 +439,13 @@ pub fn podtemplate() -> Vec<Column> {
         Column::name(),
         col("Containers", "string", 0, CONTAINERS_DESC, containers),
         col("Images", "string", 0, IMAGES_DESC, images),
-        col("Pod Labels", "string", 0, "The labels for the pod template.", labels),
+        col(
+            "Pod Labels",
+            "string",
+            0,
+            "The labels for the pod template.",
+            labels,
+        ),
     ]
 }
 
@@ -439,11 +523,17 @@ fn pod_summary(pod: &Value) -> PodSummary {
         r => r.to_string(),
     };
     let conditions = list(pod, &["status", "conditions"]);
-    if conditions.iter().any(|c| s(c, &["type"]) == "PodScheduled" && s(c, &["reason"]) == "SchedulingGated") {
+    if conditions
+        .iter()
+        .any(|c| s(c, &["type"]) == "PodScheduled" && s(c, &["reason"]) == "SchedulingGated")
+    {
         reason = "SchedulingGated".to_string();
     }
     // Sidecars (init containers that keep running) count towards READY.
-    total += spec_init.iter().filter(|c| is_restartable_init(Some(c))).count();
+    total += spec_init
+        .iter()
+        .filter(|c| is_restartable_init(Some(c)))
+        .count();
 
     let mut initializing = false;
     let init_statuses = list(pod, &["status", "initContainerStatuses"]);
@@ -451,7 +541,9 @@ fn pod_summary(pod: &Value) -> PodSummary {
         let count = i(st, &["restartCount"]);
         restarts += count;
         last_restart = later(last_restart, finished_at(st));
-        let spec = spec_init.iter().find(|c| s(c, &["name"]) == s(st, &["name"]));
+        let spec = spec_init
+            .iter()
+            .find(|c| s(c, &["name"]) == s(st, &["name"]));
         let sidecar = is_restartable_init(spec);
         if sidecar {
             sidecar_restarts += count;
@@ -470,7 +562,8 @@ fn pod_summary(pod: &Value) -> PodSummary {
         }
         if let Some(t) = terminated {
             reason = terminated_reason(t, "Init:");
-        } else if let Some(w) = waiting.filter(|w| !s(w, &["reason"]).is_empty() && s(w, &["reason"]) != "PodInitializing")
+        } else if let Some(w) = waiting
+            .filter(|w| !s(w, &["reason"]).is_empty() && s(w, &["reason"]) != "PodInitializing")
         {
             reason = format!("Init:{}", s(w, &["reason"]));
         } else {
@@ -503,7 +596,11 @@ fn pod_summary(pod: &Value) -> PodSummary {
         }
         // A pod with a container still running is not "Completed".
         if reason == "Completed" && has_running {
-            reason = if has_condition(conditions, "Ready") { "Running".into() } else { "NotReady".into() };
+            reason = if has_condition(conditions, "Ready") {
+                "Running".into()
+            } else {
+                "NotReady".into()
+            };
         }
     }
 
@@ -513,7 +610,13 @@ fn pod_summary(pod: &Value) -> PodSummary {
     } else if deleting && phase != "Succeeded" && phase != "Failed" {
         reason = "Terminating".to_string();
     }
-    PodSummary { ready, total, reason, restarts, last_restart }
+    PodSummary {
+        ready,
+        total,
+        reason,
+        restarts,
+        last_restart,
+    }
 }
 
 fn pod_ready(pod: &Value) -> Value {
@@ -528,16 +631,25 @@ fn pod_status(pod: &Value) -> Value {
 fn pod_restarts(pod: &Value) -> Value {
     let sum = pod_summary(pod);
     match sum.last_restart {
-        Some(t) if sum.restarts != 0 => {
-            text(format!("{} ({} ago)", sum.restarts, human_duration_nanos(now_nanos() - t)))
-        }
+        Some(t) if sum.restarts != 0 => text(format!(
+            "{} ({} ago)",
+            sum.restarts,
+            human_duration_nanos(now_nanos() - t)
+        )),
         _ => text(sum.restarts.to_string()),
     }
 }
 
 fn pod_ip(pod: &Value) -> Value {
-    let ip = list(pod, &["status", "podIPs"]).first().map(|p| s(p, &["ip"])).unwrap_or("");
-    let ip = if ip.is_empty() { s(pod, &["status", "podIP"]) } else { ip };
+    let ip = list(pod, &["status", "podIPs"])
+        .first()
+        .map(|p| s(p, &["ip"]))
+        .unwrap_or("");
+    let ip = if ip.is_empty() {
+        s(pod, &["status", "podIP"])
+    } else {
+        ip
+    };
     or_none(ip)
 }
 
@@ -551,7 +663,10 @@ fn pod_readiness_gates(pod: &Value) -> Value {
         .iter()
         .filter(|g| {
             let wanted = s(g, &["conditionType"]);
-            conditions.iter().find(|c| s(c, &["type"]) == wanted).is_some_and(|c| s(c, &["status"]) == "True")
+            conditions
+                .iter()
+                .find(|c| s(c, &["type"]) == wanted)
+                .is_some_and(|c| s(c, &["status"]) == "True")
         })
         .count();
     text(format!("{true_count}/{}", gates.len()))
@@ -560,8 +675,20 @@ fn pod_readiness_gates(pod: &Value) -> Value {
 pub fn pod() -> Vec<Column> {
     vec![
         Column::name(),
-        col("Ready", "string", 0, "The aggregate readiness state of this pod for accepting traffic.", pod_ready),
-        col("Status", "string", 0, "The aggregate status of the containers in this pod.", pod_status),
+        col(
+            "Ready",
+            "string",
+            0,
+            "The aggregate readiness state of this pod for accepting traffic.",
+            pod_ready,
+        ),
+        col(
+            "Status",
+            "string",
+            0,
+            "The aggregate status of the containers in this pod.",
+            pod_status,
+        ),
         col(
             "Restarts",
             "string",
@@ -572,7 +699,9 @@ pub fn pod() -> Vec<Column> {
         Column::age(),
         wide("IP", "", pod_ip),
         wide("Node", "", |o| or_none(s(o, &["spec", "nodeName"]))),
-        wide("Nominated Node", "", |o| or_none(s(o, &["status", "nominatedNodeName"]))),
+        wide("Nominated Node", "", |o| {
+            or_none(s(o, &["status", "nominatedNodeName"]))
+        }),
         wide("Readiness Gates", "", pod_readiness_gates),
     ]
 }
@@ -599,7 +728,10 @@ fn node_status(node: &Value) -> Value {
 fn node_roles(node: &Value) -> Value {
     let mut roles = BTreeSet::new();
     for (k, v) in map(node, &["metadata", "labels"]).into_iter().flatten() {
-        if let Some(role) = k.strip_prefix("node-role.kubernetes.io/").filter(|r| !r.is_empty()) {
+        if let Some(role) = k
+            .strip_prefix("node-role.kubernetes.io/")
+            .filter(|r| !r.is_empty())
+        {
             roles.insert(role.to_string());
         } else if k == "kubernetes.io/role" && v.as_str().is_some_and(|v| !v.is_empty()) {
             roles.insert(v.as_str().unwrap_or_default().to_string());
@@ -609,7 +741,9 @@ fn node_roles(node: &Value) -> Value {
 }
 
 fn node_address(node: &Value, type_: &str) -> Value {
-    let addr = list(node, &["status", "addresses"]).iter().find(|a| s(a, &["type"]) == type_);
+    let addr = list(node, &["status", "addresses"])
+        .iter()
+        .find(|a| s(a, &["type"]) == type_);
     or_none(addr.map(|a| s(a, &["address"])).unwrap_or(""))
 }
 
@@ -623,12 +757,20 @@ pub fn node() -> Vec<Column> {
         col("Status", "string", 0, "The status of the node", node_status),
         col("Roles", "string", 0, "The roles of the node", node_roles),
         Column::age(),
-        col("Version", "string", 0, "", |o| text(s(o, &["status", "nodeInfo", "kubeletVersion"]))),
+        col("Version", "string", 0, "", |o| {
+            text(s(o, &["status", "nodeInfo", "kubeletVersion"]))
+        }),
         wide("Internal-IP", "", |o| node_address(o, "InternalIP")),
         wide("External-IP", "", |o| node_address(o, "ExternalIP")),
-        wide("OS-Image", "", |o| or_unknown(s(o, &["status", "nodeInfo", "osImage"]))),
-        wide("Kernel-Version", "", |o| or_unknown(s(o, &["status", "nodeInfo", "kernelVersion"]))),
-        wide("Container-Runtime", "", |o| or_unknown(s(o, &["status", "nodeInfo", "containerRuntimeVersion"]))),
+        wide("OS-Image", "", |o| {
+            or_unknown(s(o, &["status", "nodeInfo", "osImage"]))
+        }),
+        wide("Kernel-Version", "", |o| {
+            or_unknown(s(o, &["status", "nodeInfo", "kernelVersion"]))
+        }),
+        wide("Container-Runtime", "", |o| {
+            or_unknown(s(o, &["status", "nodeInfo", "containerRuntimeVersion"]))
+        }),
     ]
 }
 
@@ -641,13 +783,23 @@ fn service_type(o: &Value) -> Value {
 }
 
 fn service_cluster_ip(o: &Value) -> Value {
-    let ip = list(o, &["spec", "clusterIPs"]).first().and_then(Value::as_str).unwrap_or("");
+    let ip = list(o, &["spec", "clusterIPs"])
+        .first()
+        .and_then(Value::as_str)
+        .unwrap_or("");
     // Objects written before dual-stack may carry only clusterIP.
-    or_none(if ip.is_empty() { s(o, &["spec", "clusterIP"]) } else { ip })
+    or_none(if ip.is_empty() {
+        s(o, &["spec", "clusterIP"])
+    } else {
+        ip
+    })
 }
 
 fn service_external_ip(o: &Value) -> Value {
-    let external: Vec<&str> = list(o, &["spec", "externalIPs"]).iter().filter_map(Value::as_str).collect();
+    let external: Vec<&str> = list(o, &["spec", "externalIPs"])
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     match s(o, &["spec", "type"]) {
         "ClusterIP" | "NodePort" => or_none(&external.join(",")),
         "LoadBalancer" => {
@@ -662,7 +814,11 @@ fn service_external_ip(o: &Value) -> Value {
             }
             let mut all: Vec<&str> = lb.into_iter().collect();
             all.extend(external);
-            if all.is_empty() { text("<pending>") } else { text(all.join(",")) }
+            if all.is_empty() {
+                text("<pending>")
+            } else {
+                text(all.join(","))
+            }
         }
         "ExternalName" => text(s(o, &["spec", "externalName"])),
         _ => text("<unknown>"),
@@ -673,8 +829,13 @@ fn service_ports(o: &Value) -> Value {
     let pieces: Vec<String> = list(o, &["spec", "ports"])
         .iter()
         .map(|p| {
-            let (port, proto, node_port) = (i(p, &["port"]), s(p, &["protocol"]), i(p, &["nodePort"]));
-            if node_port > 0 { format!("{port}:{node_port}/{proto}") } else { format!("{port}/{proto}") }
+            let (port, proto, node_port) =
+                (i(p, &["port"]), s(p, &["protocol"]), i(p, &["nodePort"]));
+            if node_port > 0 {
+                format!("{port}:{node_port}/{proto}")
+            } else {
+                format!("{port}/{proto}")
+            }
         })
         .collect();
     or_none(&pieces.join(","))
@@ -688,7 +849,9 @@ pub fn service() -> Vec<Column> {
         col("External-IP", "string", 0, "", service_external_ip),
         col("Port(s)", "string", 0, "", service_ports),
         Column::age(),
-        wide("Selector", "", |o| text(format_labels(map(o, &["spec", "selector"])))),
+        wide("Selector", "", |o| {
+            text(format_labels(map(o, &["spec", "selector"])))
+        }),
     ]
 }
 
@@ -700,9 +863,17 @@ pub fn service() -> Vec<Column> {
 /// for events written through events.k8s.io (eventTime, series).
 fn event_times(e: &Value) -> (String, String, i64) {
     let first = s(e, &["firstTimestamp"]);
-    let first_seen = if first.is_empty() { age(s(e, &["eventTime"])) } else { age(first) };
+    let first_seen = if first.is_empty() {
+        age(s(e, &["eventTime"]))
+    } else {
+        age(first)
+    };
     let last = s(e, &["lastTimestamp"]);
-    let mut last_seen = if last.is_empty() { first_seen.clone() } else { age(last) };
+    let mut last_seen = if last.is_empty() {
+        first_seen.clone()
+    } else {
+        age(last)
+    };
     let mut count = i(e, &["count"]);
     if let Some(series) = e.get("series").filter(|v| v.is_object()) {
         last_seen = age(s(series, &["lastObservedTime"]));
@@ -717,7 +888,11 @@ fn event_times(e: &Value) -> (String, String, i64) {
 fn event_object(e: &Value) -> Value {
     let kind = s(e, &["involvedObject", "kind"]).to_lowercase();
     let name = s(e, &["involvedObject", "name"]);
-    if name.is_empty() { text(kind) } else { text(format!("{kind}/{name}")) }
+    if name.is_empty() {
+        text(kind)
+    } else {
+        text(format!("{kind}/{name}"))
+    }
 }
 
 fn event_source(e: &Value) -> Value {
@@ -729,11 +904,26 @@ fn event_source(e: &Value) -> Value {
         "" => s(e, &["reportingInstance"]),
         h => h,
     };
-    if host.is_empty() { text(component) } else { text(format!("{component}, {host}")) }
+    if host.is_empty() {
+        text(component)
+    } else {
+        text(format!("{component}, {host}"))
+    }
 }
 
 fn event_columns(cells: [fn(&Value) -> Value; 10]) -> Vec<Column> {
-    let [last_seen, type_, reason, object, subobject, source, message, first_seen, count, name] = cells;
+    let [
+        last_seen,
+        type_,
+        reason,
+        object,
+        subobject,
+        source,
+        message,
+        first_seen,
+        count,
+        name,
+    ] = cells;
     vec![
         col("Last Seen", "string", 0, "", last_seen),
         col("Type", "string", 0, "", type_),
@@ -745,7 +935,11 @@ fn event_columns(cells: [fn(&Value) -> Value; 10]) -> Vec<Column> {
         wide("First Seen", "", first_seen),
         wide("Count", "", count),
         // Upstream shows the name last, and only with -o wide.
-        Column { priority: 1, source: CellSource::Printer(name), ..Column::name() },
+        Column {
+            priority: 1,
+            source: CellSource::Printer(name),
+            ..Column::name()
+        },
     ]
 }
 
@@ -792,7 +986,10 @@ pub fn event_v1() -> Vec<Column> {
 // ---------------------------------------------------------------------------------------
 
 fn quota_cells(o: &Value, limits: bool) -> Value {
-    let mut names: Vec<&String> = map(o, &["status", "hard"]).into_iter().flat_map(|m| m.keys()).collect();
+    let mut names: Vec<&String> = map(o, &["status", "hard"])
+        .into_iter()
+        .flat_map(|m| m.keys())
+        .collect();
     names.sort();
     let parts: Vec<String> = names
         .into_iter()
@@ -830,17 +1027,31 @@ pub fn resourcequota() -> Vec<Column> {
 /// Upstream's `GetAccessModesAsString`: RWO, ROX, RWX, RWOP in that order.
 fn access_modes(modes: &[Value]) -> String {
     let has = |m: &str| modes.iter().any(|v| v.as_str() == Some(m));
-    [("ReadWriteOnce", "RWO"), ("ReadOnlyMany", "ROX"), ("ReadWriteMany", "RWX"), ("ReadWriteOncePod", "RWOP")]
-        .iter()
-        .filter(|(m, _)| has(m))
-        .map(|(_, short)| *short)
-        .collect::<Vec<_>>()
-        .join(",")
+    [
+        ("ReadWriteOnce", "RWO"),
+        ("ReadOnlyMany", "ROX"),
+        ("ReadWriteMany", "RWX"),
+        ("ReadWriteOncePod", "RWOP"),
+    ]
+    .iter()
+    .filter(|(m, _)| has(m))
+    .map(|(_, short)| *short)
+    .collect::<Vec<_>>()
+    .join(",")
 }
 
 /// The storage class, from the beta annotation first as upstream reads it.
 fn storage_class(o: &Value) -> String {
-    match at(o, &["metadata", "annotations", "volume.beta.kubernetes.io/storage-class"]).and_then(Value::as_str) {
+    match at(
+        o,
+        &[
+            "metadata",
+            "annotations",
+            "volume.beta.kubernetes.io/storage-class",
+        ],
+    )
+    .and_then(Value::as_str)
+    {
         Some(c) => c.to_string(),
         None => s(o, &["spec", "storageClassName"]).to_string(),
     }
@@ -867,18 +1078,34 @@ pub fn persistentvolume() -> Vec<Column> {
     }
     vec![
         Column::name(),
-        col("Capacity", "string", 0, "", |o| text(quantity_text(at(o, &["spec", "capacity", "storage"])))),
-        col("Access Modes", "string", 0, "", |o| text(access_modes(list(o, &["spec", "accessModes"])))),
-        col("Reclaim Policy", "string", 0, "", |o| text(s(o, &["spec", "persistentVolumeReclaimPolicy"]))),
+        col("Capacity", "string", 0, "", |o| {
+            text(quantity_text(at(o, &["spec", "capacity", "storage"])))
+        }),
+        col("Access Modes", "string", 0, "", |o| {
+            text(access_modes(list(o, &["spec", "accessModes"])))
+        }),
+        col("Reclaim Policy", "string", 0, "", |o| {
+            text(s(o, &["spec", "persistentVolumeReclaimPolicy"]))
+        }),
         col("Status", "string", 0, "", phase_or_terminating),
         col("Claim", "string", 0, "", claim),
-        col("StorageClass", "string", 0, "StorageClass of the pv", |o| text(storage_class(o))),
-        col("VolumeAttributesClass", "string", 0, "VolumeAttributesClass of the pv", |o| {
-            or_unset(at(o, &["spec", "volumeAttributesClassName"]))
+        col("StorageClass", "string", 0, "StorageClass of the pv", |o| {
+            text(storage_class(o))
         }),
-        col("Reason", "string", 0, "", |o| text(s(o, &["status", "reason"]))),
+        col(
+            "VolumeAttributesClass",
+            "string",
+            0,
+            "VolumeAttributesClass of the pv",
+            |o| or_unset(at(o, &["spec", "volumeAttributesClassName"])),
+        ),
+        col("Reason", "string", 0, "", |o| {
+            text(s(o, &["status", "reason"]))
+        }),
         Column::age(),
-        wide("VolumeMode", "", |o| or_unset(at(o, &["spec", "volumeMode"]))),
+        wide("VolumeMode", "", |o| {
+            or_unset(at(o, &["spec", "volumeMode"]))
+        }),
     ]
 }
 
@@ -889,26 +1116,49 @@ pub fn persistentvolumeclaim() -> Vec<Column> {
     vec![
         Column::name(),
         col("Status", "string", 0, "", phase_or_terminating),
-        col("Volume", "string", 0, "", |o| text(s(o, &["spec", "volumeName"]))),
+        col("Volume", "string", 0, "", |o| {
+            text(s(o, &["spec", "volumeName"]))
+        }),
         col("Capacity", "string", 0, "", |o| {
             // Capacity and access modes are only shown once the claim is bound.
-            if bound(o) { text(quantity_text(at(o, &["status", "capacity", "storage"]))) } else { text("") }
+            if bound(o) {
+                text(quantity_text(at(o, &["status", "capacity", "storage"])))
+            } else {
+                text("")
+            }
         }),
         col("Access Modes", "string", 0, "", |o| {
-            if bound(o) { text(access_modes(list(o, &["status", "accessModes"]))) } else { text("") }
+            if bound(o) {
+                text(access_modes(list(o, &["status", "accessModes"])))
+            } else {
+                text("")
+            }
         }),
-        col("StorageClass", "string", 0, "StorageClass of the pvc", |o| text(storage_class(o))),
-        col("VolumeAttributesClass", "string", 0, "VolumeAttributesClass of the pvc", |o| {
-            or_unset(at(o, &["spec", "volumeAttributesClassName"]))
-        }),
+        col(
+            "StorageClass",
+            "string",
+            0,
+            "StorageClass of the pvc",
+            |o| text(storage_class(o)),
+        ),
+        col(
+            "VolumeAttributesClass",
+            "string",
+            0,
+            "VolumeAttributesClass of the pvc",
+            |o| or_unset(at(o, &["spec", "volumeAttributesClassName"])),
+        ),
         Column::age(),
-        wide("VolumeMode", "", |o| or_unset(at(o, &["spec", "volumeMode"]))),
+        wide("VolumeMode", "", |o| {
+            or_unset(at(o, &["spec", "volumeMode"]))
+        }),
     ]
 }
 
 fn storageclass_name(o: &Value) -> Value {
     let annotations = map(o, &["metadata", "annotations"]);
-    let is_default = |k: &str| annotations.and_then(|a| a.get(k)).and_then(Value::as_str) == Some("true");
+    let is_default =
+        |k: &str| annotations.and_then(|a| a.get(k)).and_then(Value::as_str) == Some("true");
     let name = s(o, &["metadata", "name"]);
     if is_default("storageclass.kubernetes.io/is-default-class")
         || is_default("storageclass.beta.kubernetes.io/is-default-class")
@@ -922,16 +1172,33 @@ fn storageclass_name(o: &Value) -> Value {
 pub fn storageclass() -> Vec<Column> {
     vec![
         // The default class is marked in the name cell itself.
-        Column { source: CellSource::Printer(storageclass_name), ..Column::name() },
-        col("Provisioner", "string", 0, "", |o| text(s(o, &["provisioner"]))),
+        Column {
+            source: CellSource::Printer(storageclass_name),
+            ..Column::name()
+        },
+        col("Provisioner", "string", 0, "", |o| {
+            text(s(o, &["provisioner"]))
+        }),
         col("ReclaimPolicy", "string", 0, "", |o| {
-            text(o.get("reclaimPolicy").and_then(Value::as_str).unwrap_or("Delete"))
+            text(
+                o.get("reclaimPolicy")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Delete"),
+            )
         }),
         col("VolumeBindingMode", "string", 0, "", |o| {
-            text(o.get("volumeBindingMode").and_then(Value::as_str).unwrap_or("Immediate"))
+            text(
+                o.get("volumeBindingMode")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Immediate"),
+            )
         }),
         col("AllowVolumeExpansion", "string", 0, "", |o| {
-            Value::Bool(o.get("allowVolumeExpansion").and_then(Value::as_bool).unwrap_or(false))
+            Value::Bool(
+                o.get("allowVolumeExpansion")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            )
         }),
         Column::age(),
     ]
@@ -943,31 +1210,55 @@ pub fn storageclass() -> Vec<Column> {
 
 /// `spec.replicas`, which defaulting always sets; 1 if an object somehow lacks it.
 fn desired_replicas(o: &Value) -> i64 {
-    at(o, &["spec", "replicas"]).and_then(Value::as_i64).unwrap_or(1)
+    at(o, &["spec", "replicas"])
+        .and_then(Value::as_i64)
+        .unwrap_or(1)
 }
 
 pub fn deployment() -> Vec<Column> {
     let mut cols = vec![
         Column::name(),
-        col("Ready", "string", 0, "Number of the pod with ready state", |o| {
-            text(format!("{}/{}", i(o, &["status", "readyReplicas"]), desired_replicas(o)))
+        col(
+            "Ready",
+            "string",
+            0,
+            "Number of the pod with ready state",
+            |o| {
+                text(format!(
+                    "{}/{}",
+                    i(o, &["status", "readyReplicas"]),
+                    desired_replicas(o)
+                ))
+            },
+        ),
+        col("Up-to-date", "string", 0, "", |o| {
+            Value::from(i(o, &["status", "updatedReplicas"]))
         }),
-        col("Up-to-date", "string", 0, "", |o| Value::from(i(o, &["status", "updatedReplicas"]))),
-        col("Available", "string", 0, "", |o| Value::from(i(o, &["status", "availableReplicas"]))),
+        col("Available", "string", 0, "", |o| {
+            Value::from(i(o, &["status", "availableReplicas"]))
+        }),
         Column::age(),
     ];
     cols.extend(workload_wide_columns(false));
     // Deployments print the bare selector string, empty rather than <none>.
-    cols.push(wide("Selector", "", |o| text(format_selector(at(o, &["spec", "selector"])))));
+    cols.push(wide("Selector", "", |o| {
+        text(format_selector(at(o, &["spec", "selector"])))
+    }));
     cols
 }
 
 pub fn replicaset() -> Vec<Column> {
     let mut cols = vec![
         Column::name(),
-        col("Desired", "integer", 0, "", |o| Value::from(desired_replicas(o))),
-        col("Current", "integer", 0, "", |o| Value::from(i(o, &["status", "replicas"]))),
-        col("Ready", "integer", 0, "", |o| Value::from(i(o, &["status", "readyReplicas"]))),
+        col("Desired", "integer", 0, "", |o| {
+            Value::from(desired_replicas(o))
+        }),
+        col("Current", "integer", 0, "", |o| {
+            Value::from(i(o, &["status", "replicas"]))
+        }),
+        col("Ready", "integer", 0, "", |o| {
+            Value::from(i(o, &["status", "readyReplicas"]))
+        }),
         Column::age(),
     ];
     cols.extend(workload_wide_columns(true));
@@ -977,13 +1268,26 @@ pub fn replicaset() -> Vec<Column> {
 pub fn daemonset() -> Vec<Column> {
     let mut cols = vec![
         Column::name(),
-        col("Desired", "integer", 0, "", |o| Value::from(i(o, &["status", "desiredNumberScheduled"]))),
-        col("Current", "integer", 0, "", |o| Value::from(i(o, &["status", "currentNumberScheduled"]))),
-        col("Ready", "integer", 0, "", |o| Value::from(i(o, &["status", "numberReady"]))),
-        col("Up-to-date", "integer", 0, "", |o| Value::from(i(o, &["status", "updatedNumberScheduled"]))),
-        col("Available", "integer", 0, "", |o| Value::from(i(o, &["status", "numberAvailable"]))),
+        col("Desired", "integer", 0, "", |o| {
+            Value::from(i(o, &["status", "desiredNumberScheduled"]))
+        }),
+        col("Current", "integer", 0, "", |o| {
+            Value::from(i(o, &["status", "currentNumberScheduled"]))
+        }),
+        col("Ready", "integer", 0, "", |o| {
+            Value::from(i(o, &["status", "numberReady"]))
+        }),
+        col("Up-to-date", "integer", 0, "", |o| {
+            Value::from(i(o, &["status", "updatedNumberScheduled"]))
+        }),
+        col("Available", "integer", 0, "", |o| {
+            Value::from(i(o, &["status", "numberAvailable"]))
+        }),
         col("Node Selector", "string", 0, "", |o| {
-            text(format_labels(map(o, &["spec", "template", "spec", "nodeSelector"])))
+            text(format_labels(map(
+                o,
+                &["spec", "template", "spec", "nodeSelector"],
+            )))
         }),
         Column::age(),
     ];
@@ -994,9 +1298,19 @@ pub fn daemonset() -> Vec<Column> {
 pub fn statefulset() -> Vec<Column> {
     let mut cols = vec![
         Column::name(),
-        col("Ready", "string", 0, "Number of the pod with ready state", |o| {
-            text(format!("{}/{}", i(o, &["status", "readyReplicas"]), desired_replicas(o)))
-        }),
+        col(
+            "Ready",
+            "string",
+            0,
+            "Number of the pod with ready state",
+            |o| {
+                text(format!(
+                    "{}/{}",
+                    i(o, &["status", "readyReplicas"]),
+                    desired_replicas(o)
+                ))
+            },
+        ),
         Column::age(),
     ];
     cols.extend(workload_wide_columns(false));
@@ -1042,7 +1356,9 @@ fn job_duration(o: &Value) -> Value {
     match (start, end) {
         (None, _) => text(""),
         (Some(st), None) => text(human_duration_nanos(now_nanos() - st.as_nanosecond())),
-        (Some(st), Some(en)) => text(human_duration_nanos(en.as_nanosecond() - st.as_nanosecond())),
+        (Some(st), Some(en)) => text(human_duration_nanos(
+            en.as_nanosecond() - st.as_nanosecond(),
+        )),
     }
 }
 
@@ -1051,7 +1367,13 @@ pub fn job() -> Vec<Column> {
         Column::name(),
         col("Status", "string", 0, "Status of the job.", job_status),
         col("Completions", "string", 0, "", job_completions),
-        col("Duration", "string", 0, "Time required to complete the job.", job_duration),
+        col(
+            "Duration",
+            "string",
+            0,
+            "Time required to complete the job.",
+            job_duration,
+        ),
         Column::age(),
     ];
     cols.extend(workload_wide_columns(true));
@@ -1078,17 +1400,33 @@ pub fn cronjob() -> Vec<Column> {
     }
     vec![
         Column::name(),
-        col("Schedule", "string", 0, "", |o| text(s(o, &["spec", "schedule"]))),
-        col("Timezone", "string", 0, "", |o| text(at(o, &["spec", "timeZone"]).and_then(Value::as_str).unwrap_or("<none>"))),
+        col("Schedule", "string", 0, "", |o| {
+            text(s(o, &["spec", "schedule"]))
+        }),
+        col("Timezone", "string", 0, "", |o| {
+            text(
+                at(o, &["spec", "timeZone"])
+                    .and_then(Value::as_str)
+                    .unwrap_or("<none>"),
+            )
+        }),
         col("Suspend", "boolean", 0, "", suspend),
-        col("Active", "integer", 0, "", |o| Value::from(list(o, &["status", "active"]).len())),
+        col("Active", "integer", 0, "", |o| {
+            Value::from(list(o, &["status", "active"]).len())
+        }),
         col("Last Schedule", "string", 0, "", last_schedule),
         Column::age(),
         wide("Containers", CONTAINERS_DESC, |o| {
             text(containers_cells(job_spec(o).and_then(|j| at(j, &["template", "spec"]))).0)
         }),
-        wide("Images", IMAGES_DESC, |o| text(containers_cells(job_spec(o).and_then(|j| at(j, &["template", "spec"]))).1)),
-        wide("Selector", "", |o| text(format_label_selector(job_spec(o).and_then(|j| j.get("selector"))))),
+        wide("Images", IMAGES_DESC, |o| {
+            text(containers_cells(job_spec(o).and_then(|j| at(j, &["template", "spec"]))).1)
+        }),
+        wide("Selector", "", |o| {
+            text(format_label_selector(
+                job_spec(o).and_then(|j| j.get("selector")),
+            ))
+        }),
     ]
 }
 
@@ -1114,13 +1452,22 @@ fn subjects(o: &Value, kind: &str) -> Value {
 fn binding_columns(noun: &str) -> Vec<Column> {
     let mut cols = vec![
         Column::name(),
-        col("Role", "string", 0, "", |o| text(format!("{}/{}", s(o, &["roleRef", "kind"]), s(o, &["roleRef", "name"])))),
+        col("Role", "string", 0, "", |o| {
+            text(format!(
+                "{}/{}",
+                s(o, &["roleRef", "kind"]),
+                s(o, &["roleRef", "name"])
+            ))
+        }),
         Column::age(),
         wide("Users", "", |o| subjects(o, "User")),
         wide("Groups", "", |o| subjects(o, "Group")),
         wide("ServiceAccounts", "", |o| subjects(o, "ServiceAccount")),
     ];
-    for (c, what) in cols[3..].iter_mut().zip(["Users", "Groups", "ServiceAccounts"]) {
+    for (c, what) in cols[3..]
+        .iter_mut()
+        .zip(["Users", "Groups", "ServiceAccounts"])
+    {
         c.description = format!("{what} in the {noun}");
     }
     cols
@@ -1172,7 +1519,10 @@ pub fn eval_path(obj: &Value, path: &str) -> Option<Value> {
 /// does not parse.
 pub fn eval_path_all(obj: &Value, path: &str) -> Vec<Value> {
     match parse_path(path) {
-        Some(steps) => apply_steps(vec![obj], &steps).into_iter().cloned().collect(),
+        Some(steps) => apply_steps(vec![obj], &steps)
+            .into_iter()
+            .cloned()
+            .collect(),
         None => Vec::new(),
     }
 }
@@ -1284,7 +1634,8 @@ fn parse_steps(c: &[char], pos: &mut usize, in_filter: bool) -> Option<Vec<Step>
                         *pos += 2;
                         continue;
                     }
-                    if ch == '.' || ch == '[' || (in_filter && (ch == ')' || "=!<> ".contains(ch))) {
+                    if ch == '.' || ch == '[' || (in_filter && (ch == ')' || "=!<> ".contains(ch)))
+                    {
                         break;
                     }
                     name.push(ch);
@@ -1359,7 +1710,13 @@ fn parse_bracket(c: &[char], pos: &mut usize) -> Option<Step> {
             let inner = inner.trim();
             match inner.split_once(':') {
                 Some((a, b)) => {
-                    let bound = |x: &str| if x.trim().is_empty() { Some(None) } else { x.trim().parse().ok().map(Some) };
+                    let bound = |x: &str| {
+                        if x.trim().is_empty() {
+                            Some(None)
+                        } else {
+                            x.trim().parse().ok().map(Some)
+                        }
+                    };
                     Step::Slice(bound(a)?, bound(b.split(':').next().unwrap_or(""))?)
                 }
                 None => Step::Index(inner.parse().ok()?),
@@ -1411,7 +1768,9 @@ fn parse_literal(c: &[char], pos: &mut usize) -> Option<Value> {
                 "true" => Some(Value::Bool(true)),
                 "false" => Some(Value::Bool(false)),
                 "null" => Some(Value::Null),
-                w => serde_json::from_str::<serde_json::Number>(w).ok().map(Value::Number),
+                w => serde_json::from_str::<serde_json::Number>(w)
+                    .ok()
+                    .map(Value::Number),
             }
         }
     }
@@ -1439,16 +1798,28 @@ fn render(v: Option<&Value>) -> String {
 /// events.k8s.io/v1 events answer with their core/v1 names (`source`, `involvedObject.*`).
 pub fn field_value(obj: &Value, field: &str) -> Option<String> {
     let value = match field {
-        "metadata.name" | "metadata.namespace" => render(at(obj, &field.split('.').collect::<Vec<_>>())),
+        "metadata.name" | "metadata.namespace" => {
+            render(at(obj, &field.split('.').collect::<Vec<_>>()))
+        }
         "spec.hostNetwork" | "spec.unschedulable" => {
             let key = &field["spec.".len()..];
-            at(obj, &["spec", key]).and_then(Value::as_bool).unwrap_or(false).to_string()
+            at(obj, &["spec", key])
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+                .to_string()
         }
         "status.successful" => i(obj, &["status", "succeeded"]).to_string(),
         "status.replicas" => i(obj, &["status", "replicas"]).to_string(),
         "status.podIP" => {
-            let first = list(obj, &["status", "podIPs"]).first().map(|p| s(p, &["ip"])).unwrap_or("");
-            if first.is_empty() { s(obj, &["status", "podIP"]).to_string() } else { first.to_string() }
+            let first = list(obj, &["status", "podIPs"])
+                .first()
+                .map(|p| s(p, &["ip"]))
+                .unwrap_or("");
+            if first.is_empty() {
+                s(obj, &["status", "podIP"]).to_string()
+            } else {
+                first.to_string()
+            }
         }
         _ if obj.get("regarding").is_some() || obj.get("note").is_some() => {
             // An events.k8s.io/v1 event: answer with the core form's fields.
@@ -1480,7 +1851,7 @@ mod tests {
             .iter()
             .map(|c| match &c.source {
                 CellSource::Name => text(s(obj, &["metadata", "name"])),
-                CellSource::Age => text(age_of(at(obj, &["metadata", "creationTimestamp"]))),
+                CellSource::Age => text(age(s(obj, &["metadata", "creationTimestamp"]))),
                 CellSource::Path(p) => eval_path(obj, p).unwrap_or(Value::Null),
                 CellSource::Printer(f) => f(obj),
             })
@@ -1488,7 +1859,10 @@ mod tests {
     }
 
     fn headers(columns: &[Column]) -> Vec<(String, i32)> {
-        columns.iter().map(|c| (c.name.clone(), c.priority)).collect()
+        columns
+            .iter()
+            .map(|c| (c.name.clone(), c.priority))
+            .collect()
     }
 
     #[test]
@@ -1517,7 +1891,7 @@ mod tests {
 
     #[test]
     fn crashlooping_pod() {
-        let pod = json!({
+        let p = json!({
             "metadata": {"name": "web-1", "creationTimestamp": ago(3600)},
             "spec": {"nodeName": "n1", "containers": [{"name": "app"}, {"name": "side"}]},
             "status": {"phase": "Running", "podIPs": [{"ip": "10.0.0.5"}],
@@ -1544,7 +1918,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            row(&cols, &pod),
+            row(&cols, &p),
             vec![
                 json!("web-1"),
                 json!("1/2"),
@@ -1573,10 +1947,12 @@ mod tests {
         assert_eq!(pod_status(&pod), json!("Init:1/2"));
         assert_eq!(pod_ready(&pod), json!("0/1"));
         let mut pulling = pod.clone();
-        pulling["status"]["initContainerStatuses"][1]["state"] = json!({"waiting": {"reason": "ImagePullBackOff"}});
+        pulling["status"]["initContainerStatuses"][1]["state"] =
+            json!({"waiting": {"reason": "ImagePullBackOff"}});
         assert_eq!(pod_status(&pulling), json!("Init:ImagePullBackOff"));
         let mut failed = pod.clone();
-        failed["status"]["initContainerStatuses"][1]["state"] = json!({"terminated": {"exitCode": 2}});
+        failed["status"]["initContainerStatuses"][1]["state"] =
+            json!({"terminated": {"exitCode": 2}});
         assert_eq!(pod_status(&failed), json!("Init:ExitCode:2"));
     }
 
@@ -1603,7 +1979,7 @@ mod tests {
 
     #[test]
     fn not_ready_node() {
-        let node = json!({
+        let n = json!({
             "metadata": {"name": "n1", "creationTimestamp": ago(86400 * 3),
                 "labels": {"node-role.kubernetes.io/control-plane": "", "kubernetes.io/role": "edge"}},
             "spec": {"unschedulable": true},
@@ -1612,7 +1988,7 @@ mod tests {
                 "nodeInfo": {"kubeletVersion": "v1.32.0", "osImage": "Debian"}}
         });
         assert_eq!(
-            row(&node(), &node),
+            row(&node(), &n),
             vec![
                 json!("n1"),
                 json!("NotReady,SchedulingDisabled"),
@@ -1651,9 +2027,13 @@ mod tests {
             ]
         );
         let mut ready = svc.clone();
-        ready["status"]["loadBalancer"] = json!({"ingress": [{"ip": "203.0.113.9"}, {"hostname": "lb.example"}]});
+        ready["status"]["loadBalancer"] =
+            json!({"ingress": [{"ip": "203.0.113.9"}, {"hostname": "lb.example"}]});
         assert_eq!(service_external_ip(&ready), json!("203.0.113.9,lb.example"));
-        assert_eq!(service_external_ip(&json!({"spec": {"type": "ClusterIP"}})), json!("<none>"));
+        assert_eq!(
+            service_external_ip(&json!({"spec": {"type": "ClusterIP"}})),
+            json!("<none>")
+        );
     }
 
     #[test]
@@ -1667,7 +2047,10 @@ mod tests {
         });
         let cols = event();
         assert_eq!(cols[0].name, "Last Seen");
-        assert_eq!(cols.last().map(|c| (c.format, c.priority)), Some(("name", 1)));
+        assert_eq!(
+            cols.last().map(|c| (c.format, c.priority)),
+            Some(("name", 1))
+        );
         assert_eq!(
             row(&cols, &ev),
             vec![
@@ -1695,7 +2078,10 @@ mod tests {
             "status": {"readyReplicas": 2, "updatedReplicas": 3, "availableReplicas": 2}});
         let cells = row(&deployment(), &d);
         assert_eq!(cells[1..4], [json!("2/3"), json!(3), json!(2)]);
-        assert_eq!(cells[5..], [json!("a,b"), json!("nginx,busybox"), json!("app=web")]);
+        assert_eq!(
+            cells[5..],
+            [json!("a,b"), json!("nginx,busybox"), json!("app=web")]
+        );
         let j = json!({"spec": {"parallelism": 2}, "status": {"succeeded": 1,
             "startTime": "2024-01-01T00:00:00Z", "completionTime": "2024-01-01T00:02:05Z",
             "conditions": [{"type": "Complete", "status": "True"}]}});
@@ -1714,15 +2100,31 @@ mod tests {
             "spec": {"volumeName": "pv1", "storageClassName": "fast", "volumeMode": "Filesystem"},
             "status": {"phase": "Bound", "capacity": {"storage": "1024Mi"}, "accessModes": ["ReadWriteOnce", "ReadOnlyMany"]}});
         let cells = row(&persistentvolumeclaim(), &pvc);
-        assert_eq!(cells[1..7], [json!("Bound"), json!("pv1"), json!("1Gi"), json!("RWO,ROX"), json!("fast"), json!("<unset>")]);
+        assert_eq!(
+            cells[1..7],
+            [
+                json!("Bound"),
+                json!("pv1"),
+                json!("1Gi"),
+                json!("RWO,ROX"),
+                json!("fast"),
+                json!("<unset>")
+            ]
+        );
         let quota = json!({"status": {"hard": {"pods": "10", "limits.cpu": "2", "requests.memory": "1Gi"},
             "used": {"pods": "3", "requests.memory": "512Mi"}}});
-        assert_eq!(quota_cells(&quota, false), json!("pods: 3/10, requests.memory: 512Mi/1Gi"));
+        assert_eq!(
+            quota_cells(&quota, false),
+            json!("pods: 3/10, requests.memory: 512Mi/1Gi")
+        );
         assert_eq!(quota_cells(&quota, true), json!("limits.cpu: 0/2"));
         let sc = json!({"metadata": {"name": "std", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}}});
         assert_eq!(storageclass_name(&sc), json!("std (default)"));
         let role = json!({"metadata": {"name": "r", "creationTimestamp": "2024-05-01T10:00:00Z"}});
-        assert_eq!(row(&role_columns_for_test(), &role), vec![json!("r"), json!("2024-05-01T10:00:00Z")]);
+        assert_eq!(
+            row(&role_columns_for_test(), &role),
+            vec![json!("r"), json!("2024-05-01T10:00:00Z")]
+        );
     }
 
     fn role_columns_for_test() -> Vec<Column> {
@@ -1734,15 +2136,42 @@ mod tests {
         let pod = json!({"metadata": {"labels": {"app.kubernetes.io/name": "web"}},
             "spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]},
             "status": {"conditions": [{"type": "Ready", "status": "True"}, {"type": "Init", "status": "False"}]}});
-        assert_eq!(eval_path(&pod, ".spec.containers[0].name"), Some(json!("a")));
-        assert_eq!(eval_path(&pod, ".spec.containers[-1].image"), Some(json!("y")));
-        assert_eq!(eval_path_all(&pod, ".spec.containers[*].name"), vec![json!("a"), json!("b")]);
-        assert_eq!(eval_path(&pod, r#".status.conditions[?(@.type=="Ready")].status"#), Some(json!("True")));
-        assert_eq!(eval_path(&pod, ".status.conditions[?(@.status != 'True')].type"), Some(json!("Init")));
-        assert_eq!(eval_path(&pod, r".metadata.labels['app\.kubernetes\.io/name']"), Some(json!("web")));
-        assert_eq!(eval_path(&pod, r#"{.metadata.labels["app.kubernetes.io/name"]}"#), Some(json!("web")));
-        assert_eq!(eval_path(&pod, r".metadata.labels.app\.kubernetes\.io/name"), Some(json!("web")));
-        assert_eq!(eval_path_all(&pod, ".spec.containers[0:1].name"), vec![json!("a")]);
+        assert_eq!(
+            eval_path(&pod, ".spec.containers[0].name"),
+            Some(json!("a"))
+        );
+        assert_eq!(
+            eval_path(&pod, ".spec.containers[-1].image"),
+            Some(json!("y"))
+        );
+        assert_eq!(
+            eval_path_all(&pod, ".spec.containers[*].name"),
+            vec![json!("a"), json!("b")]
+        );
+        assert_eq!(
+            eval_path(&pod, r#".status.conditions[?(@.type=="Ready")].status"#),
+            Some(json!("True"))
+        );
+        assert_eq!(
+            eval_path(&pod, ".status.conditions[?(@.status != 'True')].type"),
+            Some(json!("Init"))
+        );
+        assert_eq!(
+            eval_path(&pod, r".metadata.labels['app\.kubernetes\.io/name']"),
+            Some(json!("web"))
+        );
+        assert_eq!(
+            eval_path(&pod, r#"{.metadata.labels["app.kubernetes.io/name"]}"#),
+            Some(json!("web"))
+        );
+        assert_eq!(
+            eval_path(&pod, r".metadata.labels.app\.kubernetes\.io/name"),
+            Some(json!("web"))
+        );
+        assert_eq!(
+            eval_path_all(&pod, ".spec.containers[0:1].name"),
+            vec![json!("a")]
+        );
         assert_eq!(eval_path(&pod, ".spec.missing"), None);
         assert_eq!(eval_path(&pod, ".spec[bad"), None);
     }
@@ -1752,18 +2181,39 @@ mod tests {
         let pod = json!({"metadata": {"name": "p", "namespace": "ns"}, "spec": {"nodeName": "n1"},
             "status": {"podIPs": [{"ip": "10.0.0.1"}]}});
         assert_eq!(field_value(&pod, "spec.nodeName").as_deref(), Some("n1"));
-        assert_eq!(field_value(&pod, "spec.hostNetwork").as_deref(), Some("false"));
-        assert_eq!(field_value(&pod, "status.podIP").as_deref(), Some("10.0.0.1"));
+        assert_eq!(
+            field_value(&pod, "spec.hostNetwork").as_deref(),
+            Some("false")
+        );
+        assert_eq!(
+            field_value(&pod, "status.podIP").as_deref(),
+            Some("10.0.0.1")
+        );
         assert_eq!(field_value(&pod, "spec.restartPolicy").as_deref(), Some(""));
-        assert_eq!(field_value(&json!({}), "status.successful").as_deref(), Some("0"));
-        assert_eq!(field_value(&json!({"status": {"replicas": 3}}), "status.replicas").as_deref(), Some("3"));
+        assert_eq!(
+            field_value(&json!({}), "status.successful").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            field_value(&json!({"status": {"replicas": 3}}), "status.replicas").as_deref(),
+            Some("3")
+        );
         let ev = json!({"source": {"component": "kubelet"}, "involvedObject": {"kind": "Pod"}});
         assert_eq!(field_value(&ev, "source").as_deref(), Some("kubelet"));
-        assert_eq!(field_value(&ev, "involvedObject.kind").as_deref(), Some("Pod"));
+        assert_eq!(
+            field_value(&ev, "involvedObject.kind").as_deref(),
+            Some("Pod")
+        );
         let v1 = json!({"apiVersion": "events.k8s.io/v1", "regarding": {"kind": "Node"},
             "deprecatedSource": {"component": "kubelet"}, "reportingController": "kubelet"});
-        assert_eq!(field_value(&v1, "involvedObject.kind").as_deref(), Some("Node"));
+        assert_eq!(
+            field_value(&v1, "involvedObject.kind").as_deref(),
+            Some("Node")
+        );
         assert_eq!(field_value(&v1, "source").as_deref(), Some("kubelet"));
-        assert_eq!(field_value(&v1, "reportingComponent").as_deref(), Some("kubelet"));
+        assert_eq!(
+            field_value(&v1, "reportingComponent").as_deref(),
+            Some("kubelet")
+        );
     }
 }

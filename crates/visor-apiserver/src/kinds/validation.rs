@@ -26,20 +26,22 @@ use super::FieldError;
 const DNS1123_LABEL_FMT: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?";
 const DNS1123_LABEL_ERR: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character";
 const DNS1123_LABEL_MAX: usize = 63;
-const DNS1123_SUBDOMAIN_FMT: &str = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
+const DNS1123_SUBDOMAIN_FMT: &str =
+    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
 const DNS1123_SUBDOMAIN_ERR: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character";
 const DNS1123_SUBDOMAIN_MAX: usize = 253;
 const QUALIFIED_NAME_FMT: &str = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]";
-const QUALIFIED_NAME_ERR: &str =
-    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
+const QUALIFIED_NAME_ERR: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
 const QUALIFIED_NAME_MAX: usize = 63;
 const LABEL_VALUE_FMT: &str = "(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?";
 const LABEL_VALUE_ERR: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
 const LABEL_VALUE_MAX: usize = 63;
 const CONFIG_KEY_FMT: &str = "[-._a-zA-Z0-9]+";
-const CONFIG_KEY_ERR: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.'";
+const CONFIG_KEY_ERR: &str =
+    "a valid config key must consist of alphanumeric characters, '-', '_' or '.'";
 const PERCENT_FMT: &str = "[0-9]+%";
-const PERCENT_ERR: &str = "a valid percent string must be a numeric string followed by an ending '%'";
+const PERCENT_ERR: &str =
+    "a valid percent string must be a numeric string followed by an ending '%'";
 
 /// The total size of `metadata.annotations` (keys plus values) upstream accepts.
 pub const TOTAL_ANNOTATION_SIZE_LIMIT: usize = 256 * 1024;
@@ -95,7 +97,8 @@ fn matches_qualified_name_part(s: &str) -> bool {
     !b.is_empty()
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 /// Upstream's `IsDNS1123Label`.
@@ -109,7 +112,11 @@ pub fn dns1123_label(value: &str) -> Vec<String> {
             // A valid subdomain that is not a label can only be failing on its dots.
             errs.push("must not contain dots".to_string());
         } else {
-            errs.push(regex_error(DNS1123_LABEL_ERR, DNS1123_LABEL_FMT, &["my-name", "123-abc"]));
+            errs.push(regex_error(
+                DNS1123_LABEL_ERR,
+                DNS1123_LABEL_FMT,
+                &["my-name", "123-abc"],
+            ));
         }
     }
     errs
@@ -122,7 +129,11 @@ pub fn dns1123_subdomain(value: &str) -> Vec<String> {
         errs.push(max_len_error(DNS1123_SUBDOMAIN_MAX));
     }
     if !matches_dns_subdomain(value) {
-        errs.push(regex_error(DNS1123_SUBDOMAIN_ERR, DNS1123_SUBDOMAIN_FMT, &["example.com"]));
+        errs.push(regex_error(
+            DNS1123_SUBDOMAIN_ERR,
+            DNS1123_SUBDOMAIN_FMT,
+            &["example.com"],
+        ));
     }
     errs
 }
@@ -138,7 +149,11 @@ pub fn path_segment_name(value: &str, prefix: bool) -> Vec<String> {
             }
         }
     }
-    ["/", "%"].iter().filter(|c| value.contains(**c)).map(|c| format!("may not contain '{c}'")).collect()
+    ["/", "%"]
+        .iter()
+        .filter(|c| value.contains(**c))
+        .map(|c| format!("may not contain '{c}'"))
+        .collect()
 }
 
 /// Upstream's `IsQualifiedName`: an optional DNS subdomain prefix and `/`, then a name.
@@ -151,14 +166,22 @@ pub fn qualified_name(value: &str) -> Vec<String> {
             if prefix.is_empty() {
                 errs.push("prefix part must be non-empty".to_string());
             } else {
-                errs.extend(dns1123_subdomain(prefix).into_iter().map(|m| format!("prefix part {m}")));
+                errs.extend(
+                    dns1123_subdomain(prefix)
+                        .into_iter()
+                        .map(|m| format!("prefix part {m}")),
+                );
             }
             *name
         }
         _ => {
             return vec![format!(
                 "a qualified name {} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')",
-                regex_error(QUALIFIED_NAME_ERR, QUALIFIED_NAME_FMT, &["MyName", "my.name", "123-abc"])
+                regex_error(
+                    QUALIFIED_NAME_ERR,
+                    QUALIFIED_NAME_FMT,
+                    &["MyName", "my.name", "123-abc"]
+                )
             )];
         }
     };
@@ -170,7 +193,11 @@ pub fn qualified_name(value: &str) -> Vec<String> {
     if !matches_qualified_name_part(name) {
         errs.push(format!(
             "name part {}",
-            regex_error(QUALIFIED_NAME_ERR, QUALIFIED_NAME_FMT, &["MyName", "my.name", "123-abc"])
+            regex_error(
+                QUALIFIED_NAME_ERR,
+                QUALIFIED_NAME_FMT,
+                &["MyName", "my.name", "123-abc"]
+            )
         ));
     }
     errs
@@ -183,7 +210,11 @@ pub fn label_value(value: &str) -> Vec<String> {
         errs.push(max_len_error(LABEL_VALUE_MAX));
     }
     if !value.is_empty() && !matches_qualified_name_part(value) {
-        errs.push(regex_error(LABEL_VALUE_ERR, LABEL_VALUE_FMT, &["MyValue", "my_value", "12345"]));
+        errs.push(regex_error(
+            LABEL_VALUE_ERR,
+            LABEL_VALUE_FMT,
+            &["MyValue", "my_value", "12345"],
+        ));
     }
     errs
 }
@@ -195,9 +226,15 @@ pub fn config_map_key(value: &str) -> Vec<String> {
         errs.push(max_len_error(DNS1123_SUBDOMAIN_MAX));
     }
     let charset_ok = !value.is_empty()
-        && value.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'));
+        && value
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'));
     if !charset_ok {
-        errs.push(regex_error(CONFIG_KEY_ERR, CONFIG_KEY_FMT, &["key.name", "KEY_NAME", "key-name"]));
+        errs.push(regex_error(
+            CONFIG_KEY_ERR,
+            CONFIG_KEY_FMT,
+            &["key.name", "KEY_NAME", "key-name"],
+        ));
     }
     // Keys become file names in volumes; these would escape the directory.
     if value == "." {
@@ -212,7 +249,11 @@ pub fn config_map_key(value: &str) -> Vec<String> {
 
 /// Upstream's `IsValidPortNum`.
 pub fn port_num(port: i64) -> Vec<String> {
-    if (1..=65535).contains(&port) { Vec::new() } else { vec![inclusive_range_error(1, 65535)] }
+    if (1..=65535).contains(&port) {
+        Vec::new()
+    } else {
+        vec![inclusive_range_error(1, 65535)]
+    }
 }
 
 /// Upstream's `IsValidPortName` (IANA service names).
@@ -221,8 +262,14 @@ pub fn port_name(port: &str) -> Vec<String> {
     if port.len() > 15 {
         errs.push(max_len_error(15));
     }
-    if port.is_empty() || !port.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-') {
-        errs.push("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".to_string());
+    if port.is_empty()
+        || !port
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+    {
+        errs.push(
+            "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".to_string(),
+        );
     }
     if !port.bytes().any(|c| c.is_ascii_lowercase()) {
         errs.push("must contain at least one letter (a-z)".to_string());
@@ -283,7 +330,10 @@ fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
 }
 
 fn arr<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 fn obj<'a>(v: &'a Value, key: &str) -> Option<&'a Map<String, Value>> {
@@ -298,18 +348,30 @@ fn nonnegative(v: &Value, key: &str, path: &str, errs: &mut Vec<FieldError>) {
     if let Some(n) = int_of(v, key)
         && n < 0
     {
-        errs.push(FieldError::invalid(format!("{path}.{key}"), &Value::from(n), IS_NEGATIVE));
+        errs.push(FieldError::invalid(
+            format!("{path}.{key}"),
+            &Value::from(n),
+            IS_NEGATIVE,
+        ));
     }
 }
 
 /// An `Invalid value` error whose value is shown as upstream's Go formatting shows it
 /// (maps, selectors, structs), which JSON rendering cannot reproduce.
 fn invalid_shown(field: impl Into<String>, shown: &str, detail: &str) -> FieldError {
-    FieldError { reason: "FieldValueInvalid", field: field.into(), message: format!("Invalid value: {shown}: {detail}") }
+    FieldError {
+        reason: "FieldValueInvalid",
+        field: field.into(),
+        message: format!("Invalid value: {shown}: {detail}"),
+    }
 }
 
 fn not_found(field: impl Into<String>, value: &str) -> FieldError {
-    FieldError { reason: "FieldValueNotFound", field: field.into(), message: format!("Not found: {value:?}") }
+    FieldError {
+        reason: "FieldValueNotFound",
+        field: field.into(),
+        message: format!("Not found: {value:?}"),
+    }
 }
 
 fn too_long(field: impl Into<String>, max: usize) -> FieldError {
@@ -325,7 +387,10 @@ fn go_string_map(m: Option<&Map<String, Value>>) -> String {
     match m {
         None => "map[string]string(nil)".to_string(),
         Some(m) => {
-            let mut pairs: Vec<(&String, &str)> = m.iter().map(|(k, v)| (k, v.as_str().unwrap_or(""))).collect();
+            let mut pairs: Vec<(&String, &str)> = m
+                .iter()
+                .map(|(k, v)| (k, v.as_str().unwrap_or("")))
+                .collect();
             pairs.sort();
             let inner: Vec<String> = pairs.iter().map(|(k, v)| format!("{k:?}:{v:?}")).collect();
             format!("map[string]string{{{}}}", inner.join(", "))
@@ -344,7 +409,10 @@ fn go_label_selector(sel: &Value) -> String {
                     let values = match e.get("values").and_then(Value::as_array) {
                         None => "[]string(nil)".to_string(),
                         Some(vs) => {
-                            let vs: Vec<String> = vs.iter().map(|v| format!("{:?}", v.as_str().unwrap_or(""))).collect();
+                            let vs: Vec<String> = vs
+                                .iter()
+                                .map(|v| format!("{:?}", v.as_str().unwrap_or("")))
+                                .collect();
                             format!("[]string{{{}}}", vs.join(", "))
                         }
                     };
@@ -358,14 +426,20 @@ fn go_label_selector(sel: &Value) -> String {
             format!("[]v1.LabelSelectorRequirement{{{}}}", items.join(", "))
         }
     };
-    format!("v1.LabelSelector{{MatchLabels:{}, MatchExpressions:{exprs}}}", go_string_map(obj(sel, "matchLabels")))
+    format!(
+        "v1.LabelSelector{{MatchLabels:{}, MatchExpressions:{exprs}}}",
+        go_string_map(obj(sel, "matchLabels"))
+    )
 }
 
 /// Go's `%#v` of an `intstr.IntOrString`.
 fn go_int_or_string(v: &Value) -> String {
     match v {
         Value::String(s) => format!("intstr.IntOrString{{Type:1, IntVal:0, StrVal:{s:?}}}"),
-        other => format!("intstr.IntOrString{{Type:0, IntVal:{}, StrVal:\"\"}}", other.as_i64().unwrap_or(0)),
+        other => format!(
+            "intstr.IntOrString{{Type:0, IntVal:{}, StrVal:\"\"}}",
+            other.as_i64().unwrap_or(0)
+        ),
     }
 }
 
@@ -375,8 +449,16 @@ fn go_int_or_string(v: &Value) -> String {
 
 /// Validates `metadata` as upstream's `ValidateObjectMeta` does, with names checked as
 /// DNS-1123 labels (`name_is_label`) or subdomains.
-pub fn validate_object_meta(meta: &Value, namespaced: bool, name_is_label: bool) -> Vec<FieldError> {
-    let rule = if name_is_label { NameRule::Label } else { NameRule::Subdomain };
+pub fn validate_object_meta(
+    meta: &Value,
+    namespaced: bool,
+    name_is_label: bool,
+) -> Vec<FieldError> {
+    let rule = if name_is_label {
+        NameRule::Label
+    } else {
+        NameRule::Subdomain
+    };
     validate_object_meta_with(meta, namespaced, rule)
 }
 
@@ -384,20 +466,35 @@ pub fn validate_object_meta(meta: &Value, namespaced: bool, name_is_label: bool)
 ///
 /// Caveat: like upstream, a namespace on a cluster-scoped object is an error here; upstream's
 /// registry clears it before validation, so callers should do the same.
-pub fn validate_object_meta_with(meta: &Value, namespaced: bool, rule: NameRule) -> Vec<FieldError> {
+pub fn validate_object_meta_with(
+    meta: &Value,
+    namespaced: bool,
+    rule: NameRule,
+) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let generate_name = str_of(meta, "generateName");
     if !generate_name.is_empty() {
         for msg in rule.check(generate_name, true) {
-            errs.push(FieldError::invalid("metadata.generateName", &Value::from(generate_name), &msg));
+            errs.push(FieldError::invalid(
+                "metadata.generateName",
+                &Value::from(generate_name),
+                &msg,
+            ));
         }
     }
     let name = str_of(meta, "name");
     if name.is_empty() {
-        errs.push(FieldError::required("metadata.name", "name or generateName is required"));
+        errs.push(FieldError::required(
+            "metadata.name",
+            "name or generateName is required",
+        ));
     } else {
         for msg in rule.check(name, false) {
-            errs.push(FieldError::invalid("metadata.name", &Value::from(name), &msg));
+            errs.push(FieldError::invalid(
+                "metadata.name",
+                &Value::from(name),
+                &msg,
+            ));
         }
     }
     let namespace = str_of(meta, "namespace");
@@ -406,11 +503,18 @@ pub fn validate_object_meta_with(meta: &Value, namespaced: bool, rule: NameRule)
             errs.push(FieldError::required("metadata.namespace", ""));
         } else {
             for msg in dns1123_label(namespace) {
-                errs.push(FieldError::invalid("metadata.namespace", &Value::from(namespace), &msg));
+                errs.push(FieldError::invalid(
+                    "metadata.namespace",
+                    &Value::from(namespace),
+                    &msg,
+                ));
             }
         }
     } else if !namespace.is_empty() {
-        errs.push(FieldError::forbidden("metadata.namespace", "not allowed on this type"));
+        errs.push(FieldError::forbidden(
+            "metadata.namespace",
+            "not allowed on this type",
+        ));
     }
     nonnegative(meta, "generation", "metadata", &mut errs);
     validate_labels(obj(meta, "labels"), "metadata.labels", &mut errs);
@@ -424,10 +528,21 @@ pub fn validate_object_meta_with(meta: &Value, namespaced: bool, rule: NameRule)
 /// rest are validated again.
 pub fn validate_object_meta_update(new: &Value, old: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    for key in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds"] {
+    for key in [
+        "name",
+        "namespace",
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
         let (n, o) = (get(new, key), get(old, key));
         if n != o {
-            errs.push(FieldError::invalid(format!("metadata.{key}"), n, IS_IMMUTABLE));
+            errs.push(FieldError::invalid(
+                format!("metadata.{key}"),
+                n,
+                IS_IMMUTABLE,
+            ));
         }
     }
     nonnegative(new, "generation", "metadata", &mut errs);
@@ -439,7 +554,11 @@ pub fn validate_object_meta_update(new: &Value, old: &Value) -> Vec<FieldError> 
 }
 
 /// Upstream's `ValidateLabels`: keys are qualified names, values label values.
-pub fn validate_labels(labels: Option<&Map<String, Value>>, path: &str, errs: &mut Vec<FieldError>) {
+pub fn validate_labels(
+    labels: Option<&Map<String, Value>>,
+    path: &str,
+    errs: &mut Vec<FieldError>,
+) {
     for (k, v) in labels.into_iter().flatten() {
         for msg in qualified_name(k) {
             errs.push(FieldError::invalid(path, &Value::from(k.as_str()), &msg));
@@ -453,8 +572,14 @@ pub fn validate_labels(labels: Option<&Map<String, Value>>, path: &str, errs: &m
 
 /// Upstream's `ValidateAnnotations`: keys are case-insensitive qualified names and the
 /// whole map is limited to 256 KiB.
-pub fn validate_annotations(annotations: Option<&Map<String, Value>>, path: &str, errs: &mut Vec<FieldError>) {
-    let Some(annotations) = annotations else { return };
+pub fn validate_annotations(
+    annotations: Option<&Map<String, Value>>,
+    path: &str,
+    errs: &mut Vec<FieldError>,
+) {
+    let Some(annotations) = annotations else {
+        return;
+    };
     let mut total = 0;
     for (k, v) in annotations {
         for msg in qualified_name(&k.to_ascii_lowercase()) {
@@ -475,12 +600,20 @@ fn validate_owner_references(refs: &[Value], errs: &mut Vec<FieldError>) {
         // The version is what follows the last slash; the legacy group has no slash.
         let version = api_version.rsplit('/').next().unwrap_or("");
         if version.is_empty() {
-            errs.push(FieldError::invalid(format!("{path}.apiVersion"), &Value::from(api_version), "version must not be empty"));
+            errs.push(FieldError::invalid(
+                format!("{path}.apiVersion"),
+                &Value::from(api_version),
+                "version must not be empty",
+            ));
         }
         for key in ["kind", "name", "uid"] {
             let v = str_of(r, key);
             if v.is_empty() {
-                errs.push(FieldError::invalid(format!("{path}.{key}"), &Value::from(v), "must not be empty"));
+                errs.push(FieldError::invalid(
+                    format!("{path}.{key}"),
+                    &Value::from(v),
+                    "must not be empty",
+                ));
             }
         }
         if r.get("controller").and_then(Value::as_bool) == Some(true) {
@@ -503,11 +636,22 @@ fn validate_finalizers(finalizers: &[Value], errs: &mut Vec<FieldError>) {
     let names: Vec<&str> = finalizers.iter().filter_map(Value::as_str).collect();
     for name in &names {
         for msg in qualified_name(name) {
-            errs.push(FieldError::invalid("metadata.finalizers", &Value::from(*name), &msg));
+            errs.push(FieldError::invalid(
+                "metadata.finalizers",
+                &Value::from(*name),
+                &msg,
+            ));
         }
     }
     if names.contains(&"orphan") && names.contains(&"foregroundDeletion") {
-        let shown = format!("[]string{{{}}}", names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", "));
+        let shown = format!(
+            "[]string{{{}}}",
+            names
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         errs.push(invalid_shown(
             "metadata.finalizers",
             &shown,
@@ -607,7 +751,11 @@ impl Quantity {
             exponent -= 1;
         }
         let suffix = if format == QuantityFormat::DecimalExponent {
-            if exponent == 0 { String::new() } else { format!("e{exponent}") }
+            if exponent == 0 {
+                String::new()
+            } else {
+                format!("e{exponent}")
+            }
         } else {
             match exponent {
                 -9 => "n".into(),
@@ -695,8 +843,14 @@ pub fn parse_quantity(s: &str) -> Result<Quantity, String> {
         "Pi" => (50, 0, QuantityFormat::BinarySI),
         "Ei" => (60, 0, QuantityFormat::BinarySI),
         other if other.len() > 1 && (other.starts_with('e') || other.starts_with('E')) => {
-            let exp: i64 = other[1..].parse().map_err(|_| QUANTITY_SUFFIX_ERR.to_string())?;
-            (0, exp.clamp(-1000, 1000) as i32, QuantityFormat::DecimalExponent)
+            let exp: i64 = other[1..]
+                .parse()
+                .map_err(|_| QUANTITY_SUFFIX_ERR.to_string())?;
+            (
+                0,
+                exp.clamp(-1000, 1000) as i32,
+                QuantityFormat::DecimalExponent,
+            )
         }
         _ => return Err(QUANTITY_SUFFIX_ERR.to_string()),
     };
@@ -705,7 +859,10 @@ pub fn parse_quantity(s: &str) -> Result<Quantity, String> {
     let mut mantissa: i128 = 0;
     let mut dropped_digits: i32 = 0;
     for d in digits.bytes() {
-        match mantissa.checked_mul(10).and_then(|m| m.checked_add(i128::from(d - b'0'))) {
+        match mantissa
+            .checked_mul(10)
+            .and_then(|m| m.checked_add(i128::from(d - b'0')))
+        {
             Some(m) if m < QUANTITY_LIMIT => mantissa = m,
             // Past the representable range further digits only scale the value.
             _ => dropped_digits += 1,
@@ -733,7 +890,10 @@ pub fn parse_quantity(s: &str) -> Result<Quantity, String> {
     } else {
         format
     };
-    Ok(Quantity { nanos: if negative { -value } else { value }, format })
+    Ok(Quantity {
+        nanos: if negative { -value } else { value },
+        format,
+    })
 }
 
 /// The canonical form of a quantity string, or `None` if it does not parse.
@@ -780,7 +940,11 @@ pub fn selector_matches(selector: &Value, labels: Option<&Map<String, Value>>) -
 }
 
 fn validate_label_selector(sel: &Value, path: &str, errs: &mut Vec<FieldError>) {
-    validate_labels(obj(sel, "matchLabels"), &format!("{path}.matchLabels"), errs);
+    validate_labels(
+        obj(sel, "matchLabels"),
+        &format!("{path}.matchLabels"),
+        errs,
+    );
     for (i, e) in arr(sel, "matchExpressions").iter().enumerate() {
         let p = format!("{path}.matchExpressions[{i}]");
         let values = arr(e, "values");
@@ -795,11 +959,19 @@ fn validate_label_selector(sel: &Value, path: &str, errs: &mut Vec<FieldError>) 
                 "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
             )),
             "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
-            _ => errs.push(FieldError::invalid(format!("{p}.operator"), &Value::from(op), "not a valid selector operator")),
+            _ => errs.push(FieldError::invalid(
+                format!("{p}.operator"),
+                &Value::from(op),
+                "not a valid selector operator",
+            )),
         }
         let key = str_of(e, "key");
         for msg in qualified_name(key) {
-            errs.push(FieldError::invalid(format!("{p}.key"), &Value::from(key), &msg));
+            errs.push(FieldError::invalid(
+                format!("{p}.key"),
+                &Value::from(key),
+                &msg,
+            ));
         }
     }
 }
@@ -874,7 +1046,8 @@ fn validate_pod_spec_update(new: &Value, old: &Value, errs: &mut Vec<FieldError>
                 }
             }
         }
-        let grace_from_negative = int_of(old, "terminationGracePeriodSeconds").is_some_and(|g| g < 0)
+        let grace_from_negative = int_of(old, "terminationGracePeriodSeconds")
+            .is_some_and(|g| g < 0)
             && int_of(new, "terminationGracePeriodSeconds") == Some(1);
         let mut copied = vec!["activeDeadlineSeconds", "tolerations"];
         if grace_from_negative {
@@ -889,10 +1062,16 @@ fn validate_pod_spec_update(new: &Value, old: &Value, errs: &mut Vec<FieldError>
     }
     if munged != *old {
         let diff = spec_diff(old, &munged);
-        errs.push(FieldError::forbidden("spec", &format!("pod updates may not change fields other than {POD_UPDATABLE_FIELDS}\n{diff}")));
+        errs.push(FieldError::forbidden(
+            "spec",
+            &format!("pod updates may not change fields other than {POD_UPDATABLE_FIELDS}\n{diff}"),
+        ));
     }
     validate_only_added_tolerations(arr(new, "tolerations"), arr(old, "tolerations"), errs);
-    if let (Some(o), n) = (int_of(old, "activeDeadlineSeconds"), int_of(new, "activeDeadlineSeconds")) {
+    if let (Some(o), n) = (
+        int_of(old, "activeDeadlineSeconds"),
+        int_of(new, "activeDeadlineSeconds"),
+    ) {
         match n {
             None => errs.push(FieldError::invalid(
                 "spec.activeDeadlineSeconds",
@@ -912,7 +1091,10 @@ fn validate_pod_spec_update(new: &Value, old: &Value, errs: &mut Vec<FieldError>
 /// A short account of which top-level fields differ, in place of upstream's Go struct diff.
 fn spec_diff(old: &Value, new: &Value) -> String {
     let empty = Map::new();
-    let (o, n) = (old.as_object().unwrap_or(&empty), new.as_object().unwrap_or(&empty));
+    let (o, n) = (
+        old.as_object().unwrap_or(&empty),
+        new.as_object().unwrap_or(&empty),
+    );
     let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
     keys.sort();
     keys.dedup();
@@ -958,12 +1140,26 @@ fn validate_only_added_tolerations(new: &[Value], old: &[Value], errs: &mut Vec<
 fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
     let volumes = validate_volumes(arr(spec, "volumes"), &format!("{path}.volumes"), errs);
     let mut names = HashSet::new();
-    validate_containers(arr(spec, "initContainers"), &format!("{path}.initContainers"), &volumes, &mut names, true, errs);
+    validate_containers(
+        arr(spec, "initContainers"),
+        &format!("{path}.initContainers"),
+        &volumes,
+        &mut names,
+        true,
+        errs,
+    );
     let containers = arr(spec, "containers");
     if containers.is_empty() {
         errs.push(FieldError::required(format!("{path}.containers"), ""));
     } else {
-        validate_containers(containers, &format!("{path}.containers"), &volumes, &mut names, false, errs);
+        validate_containers(
+            containers,
+            &format!("{path}.containers"),
+            &volumes,
+            &mut names,
+            false,
+            errs,
+        );
     }
     match spec.get("restartPolicy").and_then(Value::as_str) {
         Some("Always" | "OnFailure" | "Never") => {}
@@ -992,7 +1188,10 @@ fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
         ));
     }
     for (key, check) in [
-        ("serviceAccountName", dns1123_subdomain as fn(&str) -> Vec<String>),
+        (
+            "serviceAccountName",
+            dns1123_subdomain as fn(&str) -> Vec<String>,
+        ),
         ("nodeName", dns1123_subdomain),
         ("hostname", dns1123_label),
         ("subdomain", dns1123_label),
@@ -1000,12 +1199,24 @@ fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
         let v = str_of(spec, key);
         if !v.is_empty() {
             for msg in check(v) {
-                errs.push(FieldError::invalid(format!("{path}.{key}"), &Value::from(v), &msg));
+                errs.push(FieldError::invalid(
+                    format!("{path}.{key}"),
+                    &Value::from(v),
+                    &msg,
+                ));
             }
         }
     }
-    validate_labels(obj(spec, "nodeSelector"), &format!("{path}.nodeSelector"), errs);
-    validate_tolerations(arr(spec, "tolerations"), &format!("{path}.tolerations"), errs);
+    validate_labels(
+        obj(spec, "nodeSelector"),
+        &format!("{path}.nodeSelector"),
+        errs,
+    );
+    validate_tolerations(
+        arr(spec, "tolerations"),
+        &format!("{path}.tolerations"),
+        errs,
+    );
 }
 
 fn validate_tolerations(tolerations: &[Value], path: &str, errs: &mut Vec<FieldError>) {
@@ -1014,7 +1225,11 @@ fn validate_tolerations(tolerations: &[Value], path: &str, errs: &mut Vec<FieldE
         let key = str_of(t, "key");
         if !key.is_empty() {
             for msg in qualified_name(key) {
-                errs.push(FieldError::invalid(format!("{p}.key"), &Value::from(key), &msg));
+                errs.push(FieldError::invalid(
+                    format!("{p}.key"),
+                    &Value::from(key),
+                    &msg,
+                ));
             }
         }
         let operator = str_of(t, "operator");
@@ -1037,7 +1252,11 @@ fn validate_tolerations(tolerations: &[Value], path: &str, errs: &mut Vec<FieldE
             "" | "Equal" => {
                 let value = str_of(t, "value");
                 for msg in label_value(value) {
-                    errs.push(FieldError::invalid(format!("{p}.operator"), &Value::from(value), &msg));
+                    errs.push(FieldError::invalid(
+                        format!("{p}.operator"),
+                        &Value::from(value),
+                        &msg,
+                    ));
                 }
             }
             "Exists" => {
@@ -1049,9 +1268,14 @@ fn validate_tolerations(tolerations: &[Value], path: &str, errs: &mut Vec<FieldE
                     ));
                 }
             }
-            other => errs.push(FieldError::not_supported(format!("{p}.operator"), &Value::from(other), &["Equal", "Exists"])),
+            other => errs.push(FieldError::not_supported(
+                format!("{p}.operator"),
+                &Value::from(other),
+                &["Equal", "Exists"],
+            )),
         }
-        if !effect.is_empty() && !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        if !effect.is_empty() && !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute")
+        {
             errs.push(FieldError::not_supported(
                 format!("{p}.effect"),
                 &Value::from(effect),
@@ -1071,19 +1295,35 @@ fn validate_volumes(volumes: &[Value], path: &str, errs: &mut Vec<FieldError>) -
             errs.push(FieldError::required(format!("{p}.name"), ""));
         } else {
             for msg in dns1123_label(name) {
-                errs.push(FieldError::invalid(format!("{p}.name"), &Value::from(name), &msg));
+                errs.push(FieldError::invalid(
+                    format!("{p}.name"),
+                    &Value::from(name),
+                    &msg,
+                ));
             }
             if !names.insert(name.to_string()) {
-                errs.push(FieldError::duplicate(format!("{p}.name"), &Value::from(name)));
+                errs.push(FieldError::duplicate(
+                    format!("{p}.name"),
+                    &Value::from(name),
+                ));
             }
         }
-        let sources: Vec<&str> =
-            VOLUME_SOURCES.iter().copied().filter(|s| v.get(*s).is_some_and(|x| !x.is_null())).collect();
+        let sources: Vec<&str> = VOLUME_SOURCES
+            .iter()
+            .copied()
+            .filter(|s| v.get(*s).is_some_and(|x| !x.is_null()))
+            .collect();
         match sources.as_slice() {
-            [] => errs.push(FieldError::required(p.clone(), "must specify a volume type")),
+            [] => errs.push(FieldError::required(
+                p.clone(),
+                "must specify a volume type",
+            )),
             [_, rest @ ..] => {
                 for extra in rest {
-                    errs.push(FieldError::forbidden(format!("{p}.{extra}"), "may not specify more than 1 volume type"));
+                    errs.push(FieldError::forbidden(
+                        format!("{p}.{extra}"),
+                        "may not specify more than 1 volume type",
+                    ));
                 }
             }
         }
@@ -1119,11 +1359,18 @@ fn validate_containers(
             errs.push(FieldError::required(format!("{p}.name"), ""));
         } else {
             for msg in dns1123_label(name) {
-                errs.push(FieldError::invalid(format!("{p}.name"), &Value::from(name), &msg));
+                errs.push(FieldError::invalid(
+                    format!("{p}.name"),
+                    &Value::from(name),
+                    &msg,
+                ));
             }
             // Names are unique across init and regular containers together.
             if !names.insert(name.to_string()) {
-                errs.push(FieldError::duplicate(format!("{p}.name"), &Value::from(name)));
+                errs.push(FieldError::duplicate(
+                    format!("{p}.name"),
+                    &Value::from(name),
+                ));
             }
         }
         let image = str_of(c, "image");
@@ -1139,16 +1386,26 @@ fn validate_containers(
         if init {
             match c.get("restartPolicy").and_then(Value::as_str) {
                 None | Some("Always") => {}
-                Some(other) => {
-                    errs.push(FieldError::not_supported(format!("{p}.restartPolicy"), &Value::from(other), &["Always"]))
-                }
+                Some(other) => errs.push(FieldError::not_supported(
+                    format!("{p}.restartPolicy"),
+                    &Value::from(other),
+                    &["Always"],
+                )),
             }
         } else if c.get("restartPolicy").is_some_and(|v| !v.is_null()) {
-            errs.push(FieldError::forbidden(format!("{p}.restartPolicy"), "may not be set for non-init containers"));
+            errs.push(FieldError::forbidden(
+                format!("{p}.restartPolicy"),
+                "may not be set for non-init containers",
+            ));
         }
         validate_container_ports(arr(c, "ports"), &format!("{p}.ports"), errs);
         validate_env(arr(c, "env"), &format!("{p}.env"), errs);
-        validate_volume_mounts(arr(c, "volumeMounts"), &format!("{p}.volumeMounts"), volumes, errs);
+        validate_volume_mounts(
+            arr(c, "volumeMounts"),
+            &format!("{p}.volumeMounts"),
+            volumes,
+            errs,
+        );
         validate_resources(get(c, "resources"), &format!("{p}.resources"), errs);
         match c.get("imagePullPolicy").and_then(Value::as_str) {
             None | Some("Always" | "IfNotPresent" | "Never") => {}
@@ -1176,16 +1433,29 @@ fn validate_containers(
 
 fn validate_probe(probe: &Value, path: &str, errs: &mut Vec<FieldError>) {
     let handlers = ["exec", "httpGet", "tcpSocket", "grpc"];
-    let set: Vec<&str> = handlers.iter().copied().filter(|h| probe.get(*h).is_some_and(|v| !v.is_null())).collect();
+    let set: Vec<&str> = handlers
+        .iter()
+        .copied()
+        .filter(|h| probe.get(*h).is_some_and(|v| !v.is_null()))
+        .collect();
     match set.as_slice() {
         [] => errs.push(FieldError::required(path, "must specify a handler type")),
         [_, rest @ ..] => {
             for extra in rest {
-                errs.push(FieldError::forbidden(format!("{path}.{extra}"), "may not specify more than 1 handler type"));
+                errs.push(FieldError::forbidden(
+                    format!("{path}.{extra}"),
+                    "may not specify more than 1 handler type",
+                ));
             }
         }
     }
-    for key in ["initialDelaySeconds", "timeoutSeconds", "periodSeconds", "successThreshold", "failureThreshold"] {
+    for key in [
+        "initialDelaySeconds",
+        "timeoutSeconds",
+        "periodSeconds",
+        "successThreshold",
+        "failureThreshold",
+    ] {
         nonnegative(probe, key, path, errs);
     }
 }
@@ -1197,23 +1467,38 @@ fn validate_container_ports(ports: &[Value], path: &str, errs: &mut Vec<FieldErr
         let name = str_of(port, "name");
         if !name.is_empty() {
             for msg in port_name(name) {
-                errs.push(FieldError::invalid(format!("{p}.name"), &Value::from(name), &msg));
+                errs.push(FieldError::invalid(
+                    format!("{p}.name"),
+                    &Value::from(name),
+                    &msg,
+                ));
             }
             if !names.insert(name.to_string()) {
-                errs.push(FieldError::duplicate(format!("{p}.name"), &Value::from(name)));
+                errs.push(FieldError::duplicate(
+                    format!("{p}.name"),
+                    &Value::from(name),
+                ));
             }
         }
         match int_of(port, "containerPort") {
             None | Some(0) => errs.push(FieldError::required(format!("{p}.containerPort"), "")),
             Some(n) => {
                 for msg in port_num(n) {
-                    errs.push(FieldError::invalid(format!("{p}.containerPort"), &Value::from(n), &msg));
+                    errs.push(FieldError::invalid(
+                        format!("{p}.containerPort"),
+                        &Value::from(n),
+                        &msg,
+                    ));
                 }
             }
         }
         if let Some(n) = int_of(port, "hostPort").filter(|n| *n != 0) {
             for msg in port_num(n) {
-                errs.push(FieldError::invalid(format!("{p}.hostPort"), &Value::from(n), &msg));
+                errs.push(FieldError::invalid(
+                    format!("{p}.hostPort"),
+                    &Value::from(n),
+                    &msg,
+                ));
             }
         }
         validate_protocol(port, &p, errs);
@@ -1224,9 +1509,11 @@ fn validate_protocol(port: &Value, path: &str, errs: &mut Vec<FieldError>) {
     match port.get("protocol").and_then(Value::as_str) {
         None | Some("") => errs.push(FieldError::required(format!("{path}.protocol"), "")),
         Some("TCP" | "UDP" | "SCTP") => {}
-        Some(other) => {
-            errs.push(FieldError::not_supported(format!("{path}.protocol"), &Value::from(other), &["SCTP", "TCP", "UDP"]))
-        }
+        Some(other) => errs.push(FieldError::not_supported(
+            format!("{path}.protocol"),
+            &Value::from(other),
+            &["SCTP", "TCP", "UDP"],
+        )),
     }
 }
 
@@ -1236,7 +1523,10 @@ fn validate_env(env: &[Value], path: &str, errs: &mut Vec<FieldError>) {
         let name = str_of(e, "name");
         if name.is_empty() {
             errs.push(FieldError::required(format!("{p}.name"), ""));
-        } else if !name.bytes().all(|c| (b' '..=b'~').contains(&c) && c != b'=') {
+        } else if !name
+            .bytes()
+            .all(|c| (b' '..=b'~').contains(&c) && c != b'=')
+        {
             // The relaxed rule (on by default since 1.32): printable ASCII except '='.
             errs.push(FieldError::invalid(
                 format!("{p}.name"),
@@ -1252,8 +1542,16 @@ fn validate_env(env: &[Value], path: &str, errs: &mut Vec<FieldError>) {
                     "may not be specified when `value` is not empty",
                 ));
             }
-            let sources = ["fieldRef", "resourceFieldRef", "configMapKeyRef", "secretKeyRef"];
-            let n = sources.iter().filter(|s| from.get(**s).is_some_and(|v| !v.is_null())).count();
+            let sources = [
+                "fieldRef",
+                "resourceFieldRef",
+                "configMapKeyRef",
+                "secretKeyRef",
+            ];
+            let n = sources
+                .iter()
+                .filter(|s| from.get(**s).is_some_and(|v| !v.is_null()))
+                .count();
             if n == 0 {
                 errs.push(FieldError::invalid(
                     format!("{p}.valueFrom"),
@@ -1271,7 +1569,12 @@ fn validate_env(env: &[Value], path: &str, errs: &mut Vec<FieldError>) {
     }
 }
 
-fn validate_volume_mounts(mounts: &[Value], path: &str, volumes: &HashSet<String>, errs: &mut Vec<FieldError>) {
+fn validate_volume_mounts(
+    mounts: &[Value],
+    path: &str,
+    volumes: &HashSet<String>,
+    errs: &mut Vec<FieldError>,
+) {
     let mut mount_points = HashSet::new();
     for (i, m) in mounts.iter().enumerate() {
         let p = format!("{path}[{i}]");
@@ -1286,15 +1589,27 @@ fn validate_volume_mounts(mounts: &[Value], path: &str, volumes: &HashSet<String
         if mount_path.is_empty() {
             errs.push(FieldError::required(format!("{p}.mountPath"), ""));
         } else if !mount_points.insert(mount_path.to_string()) {
-            errs.push(FieldError::invalid(format!("{p}.mountPath"), &Value::from(mount_path), "must be unique"));
+            errs.push(FieldError::invalid(
+                format!("{p}.mountPath"),
+                &Value::from(mount_path),
+                "must be unique",
+            ));
         }
         let sub_path = str_of(m, "subPath");
         if !sub_path.is_empty() {
             if sub_path.starts_with('/') {
-                errs.push(FieldError::invalid(format!("{p}.subPath"), &Value::from(sub_path), "must be a relative path"));
+                errs.push(FieldError::invalid(
+                    format!("{p}.subPath"),
+                    &Value::from(sub_path),
+                    "must be a relative path",
+                ));
             }
             if sub_path.split('/').any(|s| s == "..") {
-                errs.push(FieldError::invalid(format!("{p}.subPath"), &Value::from(sub_path), "must not contain '..'"));
+                errs.push(FieldError::invalid(
+                    format!("{p}.subPath"),
+                    &Value::from(sub_path),
+                    "must not contain '..'",
+                ));
             }
         }
     }
@@ -1328,7 +1643,11 @@ fn validate_resources(res: &Value, path: &str, errs: &mut Vec<FieldError>) {
                 }
             } else {
                 for msg in qualified_name(name) {
-                    errs.push(FieldError::invalid(fp.clone(), &Value::from(name.as_str()), &msg));
+                    errs.push(FieldError::invalid(
+                        fp.clone(),
+                        &Value::from(name.as_str()),
+                        &msg,
+                    ));
                 }
             }
             let q = match quantity_of(q) {
@@ -1340,12 +1659,20 @@ fn validate_resources(res: &Value, path: &str, errs: &mut Vec<FieldError>) {
                 }
             };
             if q.nanos < 0 {
-                errs.push(FieldError::invalid(fp.clone(), &Value::from(q.canonical()), IS_NEGATIVE));
+                errs.push(FieldError::invalid(
+                    fp.clone(),
+                    &Value::from(q.canonical()),
+                    IS_NEGATIVE,
+                ));
             }
             // Extended resources are counted in whole units.
             let integer_only = !overcommit_allowed(name) && !name.starts_with("hugepages-");
             if integer_only && q.nanos % 1_000_000_000 != 0 {
-                errs.push(FieldError::invalid(fp.clone(), &Value::from(q.canonical()), "must be an integer"));
+                errs.push(FieldError::invalid(
+                    fp.clone(),
+                    &Value::from(q.canonical()),
+                    "must be an integer",
+                ));
             }
             if is_limits {
                 limits.push((name.as_str(), q));
@@ -1360,7 +1687,10 @@ fn validate_resources(res: &Value, path: &str, errs: &mut Vec<FieldError>) {
                     errs.push(FieldError::invalid(
                         sp.clone(),
                         &Value::from(q.canonical()),
-                        &format!("must be less than or equal to {name} limit of {}", limit.canonical()),
+                        &format!(
+                            "must be less than or equal to {name} limit of {}",
+                            limit.canonical()
+                        ),
                     ));
                 }
             } else if !overcommit_allowed(name) {
@@ -1376,8 +1706,16 @@ fn validate_resources(res: &Value, path: &str, errs: &mut Vec<FieldError>) {
 /// Validates a pod template's metadata (labels, annotations) and spec.
 fn validate_pod_template(template: &Value, path: &str, errs: &mut Vec<FieldError>) {
     let meta = get(template, "metadata");
-    validate_labels(obj(meta, "labels"), &format!("{path}.metadata.labels"), errs);
-    validate_annotations(obj(meta, "annotations"), &format!("{path}.metadata.annotations"), errs);
+    validate_labels(
+        obj(meta, "labels"),
+        &format!("{path}.metadata.labels"),
+        errs,
+    );
+    validate_annotations(
+        obj(meta, "annotations"),
+        &format!("{path}.metadata.annotations"),
+        errs,
+    );
     validate_pod_spec(get(template, "spec"), &format!("{path}.spec"), errs);
 }
 
@@ -1389,11 +1727,17 @@ fn validate_pod_template(template: &Value, path: &str, errs: &mut Vec<FieldError
 pub fn service(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let spec = get(new, "spec");
-    let svc_type = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP");
+    let svc_type = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
     let cluster_ip = str_of(spec, "clusterIP");
     let headless = cluster_ip == "None";
     let ports = arr(spec, "ports");
-    if !matches!(svc_type, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
+    if !matches!(
+        svc_type,
+        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+    ) {
         errs.push(FieldError::not_supported(
             "spec.type",
             &Value::from(svc_type),
@@ -1407,7 +1751,11 @@ pub fn service(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
         } else {
             // A trailing dot (a fully qualified name) is allowed.
             for msg in dns1123_subdomain(external.strip_suffix('.').unwrap_or(external)) {
-                errs.push(FieldError::invalid("spec.externalName", &Value::from(external), &msg));
+                errs.push(FieldError::invalid(
+                    "spec.externalName",
+                    &Value::from(external),
+                    &msg,
+                ));
             }
         }
     }
@@ -1422,45 +1770,73 @@ pub fn service(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
             errs.push(FieldError::required(format!("{p}.name"), ""));
         } else if !name.is_empty() {
             for msg in dns1123_label(name) {
-                errs.push(FieldError::invalid(format!("{p}.name"), &Value::from(name), &msg));
+                errs.push(FieldError::invalid(
+                    format!("{p}.name"),
+                    &Value::from(name),
+                    &msg,
+                ));
             }
             if !names.insert(name.to_string()) {
-                errs.push(FieldError::duplicate(format!("{p}.name"), &Value::from(name)));
+                errs.push(FieldError::duplicate(
+                    format!("{p}.name"),
+                    &Value::from(name),
+                ));
             }
         }
         let number = int_of(port, "port").unwrap_or(0);
         for msg in port_num(number) {
-            errs.push(FieldError::invalid(format!("{p}.port"), &Value::from(number), &msg));
+            errs.push(FieldError::invalid(
+                format!("{p}.port"),
+                &Value::from(number),
+                &msg,
+            ));
         }
         validate_protocol(port, &p, &mut errs);
         match port.get("targetPort") {
             Some(Value::String(s)) => {
                 for msg in port_name(s) {
-                    errs.push(FieldError::invalid(format!("{p}.targetPort"), &Value::from(s.as_str()), &msg));
+                    errs.push(FieldError::invalid(
+                        format!("{p}.targetPort"),
+                        &Value::from(s.as_str()),
+                        &msg,
+                    ));
                 }
             }
             Some(Value::Number(n)) => {
                 let n = n.as_i64().unwrap_or(0);
                 for msg in port_num(n) {
-                    errs.push(FieldError::invalid(format!("{p}.targetPort"), &Value::from(n), &msg));
+                    errs.push(FieldError::invalid(
+                        format!("{p}.targetPort"),
+                        &Value::from(n),
+                        &msg,
+                    ));
                 }
             }
             _ => {}
         }
         if let Some(node_port) = int_of(port, "nodePort").filter(|n| *n != 0) {
             if svc_type == "ClusterIP" {
-                errs.push(FieldError::forbidden(format!("{p}.nodePort"), "may not be used when `type` is 'ClusterIP'"));
+                errs.push(FieldError::forbidden(
+                    format!("{p}.nodePort"),
+                    "may not be used when `type` is 'ClusterIP'",
+                ));
             }
             for msg in port_num(node_port) {
-                errs.push(FieldError::invalid(format!("{p}.nodePort"), &Value::from(node_port), &msg));
+                errs.push(FieldError::invalid(
+                    format!("{p}.nodePort"),
+                    &Value::from(node_port),
+                    &msg,
+                ));
             }
         }
     }
     match spec.get("sessionAffinity").and_then(Value::as_str) {
         None | Some("None" | "ClientIP") => {}
-        Some(other) => {
-            errs.push(FieldError::not_supported("spec.sessionAffinity", &Value::from(other), &["ClientIP", "None"]))
-        }
+        Some(other) => errs.push(FieldError::not_supported(
+            "spec.sessionAffinity",
+            &Value::from(other),
+            &["ClientIP", "None"],
+        )),
     }
     if !cluster_ip.is_empty() && !headless && cluster_ip.parse::<std::net::IpAddr>().is_err() {
         errs.push(FieldError::invalid(
@@ -1476,7 +1852,11 @@ pub fn service(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
             &format!("may not be set to 'None' for {svc_type} services"),
         ));
     }
-    if let Some(policy) = spec.get("externalTrafficPolicy").and_then(Value::as_str).filter(|p| !p.is_empty()) {
+    if let Some(policy) = spec
+        .get("externalTrafficPolicy")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+    {
         let external_ips = !arr(spec, "externalIPs").is_empty();
         if svc_type == "ClusterIP" && !external_ips || svc_type == "ExternalName" {
             errs.push(FieldError::invalid(
@@ -1485,12 +1865,19 @@ pub fn service(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
                 "may only be set for externally-accessible services",
             ));
         } else if !matches!(policy, "Cluster" | "Local") {
-            errs.push(FieldError::not_supported("spec.externalTrafficPolicy", &Value::from(policy), &["Cluster", "Local"]));
+            errs.push(FieldError::not_supported(
+                "spec.externalTrafficPolicy",
+                &Value::from(policy),
+                &["Cluster", "Local"],
+            ));
         }
     }
     if let Some(old) = old {
         let old_spec = get(old, "spec");
-        let old_type = old_spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP");
+        let old_type = old_spec
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP");
         let old_ip = str_of(old_spec, "clusterIP");
         // Switching to or from ExternalName releases or allocates the IP, so it may change
         // then; an empty new IP is filled from the old object by the registry.
@@ -1501,7 +1888,10 @@ pub fn service(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
             && old_ip != cluster_ip
         {
             let ips: Vec<String> = match spec.get("clusterIPs").and_then(Value::as_array) {
-                Some(list) => list.iter().map(|v| format!("{:?}", v.as_str().unwrap_or(""))).collect(),
+                Some(list) => list
+                    .iter()
+                    .map(|v| format!("{:?}", v.as_str().unwrap_or("")))
+                    .collect(),
                 None => vec![format!("{cluster_ip:?}")],
             };
             errs.push(invalid_shown(
@@ -1521,7 +1911,11 @@ pub fn service(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
 fn validate_data_keys(m: Option<&Map<String, Value>>, path: &str, errs: &mut Vec<FieldError>) {
     for key in m.into_iter().flat_map(|m| m.keys()) {
         for msg in config_map_key(key) {
-            errs.push(FieldError::invalid(format!("{path}[{key}]"), &Value::from(key.as_str()), &msg));
+            errs.push(FieldError::invalid(
+                format!("{path}[{key}]"),
+                &Value::from(key.as_str()),
+                &msg,
+            ));
         }
     }
 }
@@ -1529,7 +1923,10 @@ fn validate_data_keys(m: Option<&Map<String, Value>>, path: &str, errs: &mut Vec
 fn decoded_len(v: &Value) -> usize {
     use base64::Engine;
     let s = v.as_str().unwrap_or("");
-    base64::engine::general_purpose::STANDARD.decode(s).map(|b| b.len()).unwrap_or(s.len())
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map(|b| b.len())
+        .unwrap_or(s.len())
 }
 
 /// Upstream's rule for objects marked `immutable: true`: neither the flag nor the data may
@@ -1539,13 +1936,25 @@ fn validate_immutable_data(new: &Value, old: &Value, keys: &[&str], errs: &mut V
         return;
     }
     if new.get("immutable").and_then(Value::as_bool) != Some(true) {
-        errs.push(FieldError::forbidden("immutable", "field is immutable when `immutable` is set"));
+        errs.push(FieldError::forbidden(
+            "immutable",
+            "field is immutable when `immutable` is set",
+        ));
     }
     for key in keys {
         let empty = Value::Object(Map::new());
-        let norm = |v: &Value| if v.is_null() { empty.clone() } else { v.clone() };
+        let norm = |v: &Value| {
+            if v.is_null() {
+                empty.clone()
+            } else {
+                v.clone()
+            }
+        };
         if norm(get(new, key)) != norm(get(old, key)) {
-            errs.push(FieldError::forbidden(*key, "field is immutable when `immutable` is set"));
+            errs.push(FieldError::forbidden(
+                *key,
+                "field is immutable when `immutable` is set",
+            ));
         }
     }
 }
@@ -1594,7 +2003,11 @@ pub fn secret(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let data = obj(new, "data");
     validate_data_keys(data, "data", &mut errs);
-    let total: usize = data.into_iter().flatten().map(|(_, v)| decoded_len(v)).sum();
+    let total: usize = data
+        .into_iter()
+        .flatten()
+        .map(|(_, v)| decoded_len(v))
+        .sum();
     if total > MAX_SECRET_SIZE {
         errs.push(too_long("data", MAX_SECRET_SIZE));
     }
@@ -1602,29 +2015,30 @@ pub fn secret(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let secret_type = str_of(new, "type");
     match secret_type {
         "kubernetes.io/service-account-token" => {
-            let annotation = get(get(new, "metadata"), "annotations").get("kubernetes.io/service-account.name");
+            let annotation =
+                get(get(new, "metadata"), "annotations").get("kubernetes.io/service-account.name");
             if annotation.and_then(Value::as_str).unwrap_or("").is_empty() {
-                errs.push(FieldError::required("metadata.annotations[kubernetes.io/service-account.name]", ""));
+                errs.push(FieldError::required(
+                    "metadata.annotations[kubernetes.io/service-account.name]",
+                    "",
+                ));
             }
         }
-        "kubernetes.io/dockercfg" => {
-            if !has(".dockercfg") {
-                errs.push(FieldError::required("data[.dockercfg]", ""));
-            }
+        "kubernetes.io/dockercfg" if !has(".dockercfg") => {
+            errs.push(FieldError::required("data[.dockercfg]", ""));
         }
-        "kubernetes.io/dockerconfigjson" => {
-            if !has(".dockerconfigjson") {
-                errs.push(FieldError::required("data[.dockerconfigjson]", ""));
-            }
+        "kubernetes.io/dockerconfigjson" if !has(".dockerconfigjson") => {
+            errs.push(FieldError::required("data[.dockerconfigjson]", ""));
         }
-        "kubernetes.io/basic-auth" => {
-            if !has("username") && !has("password") {
-                errs.push(FieldError::required("data[username]", ""));
-                errs.push(FieldError::required("data[password]", ""));
-            }
+        "kubernetes.io/basic-auth" if !has("username") && !has("password") => {
+            errs.push(FieldError::required("data[username]", ""));
+            errs.push(FieldError::required("data[password]", ""));
         }
         "kubernetes.io/ssh-auth" => {
-            if data.and_then(|d| d.get("ssh-privatekey")).and_then(Value::as_str).unwrap_or("").is_empty() {
+            let key = data
+                .and_then(|d| d.get("ssh-privatekey"))
+                .and_then(Value::as_str);
+            if key.unwrap_or("").is_empty() {
                 errs.push(FieldError::required("data[ssh-privatekey]", ""));
             }
         }
@@ -1640,7 +2054,11 @@ pub fn secret(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
     if let Some(old) = old {
         let old_type = str_of(old, "type");
         if old_type != secret_type {
-            errs.push(FieldError::invalid("type", &Value::from(secret_type), IS_IMMUTABLE));
+            errs.push(FieldError::invalid(
+                "type",
+                &Value::from(secret_type),
+                IS_IMMUTABLE,
+            ));
         }
         validate_immutable_data(new, old, &["data"], &mut errs);
     }
@@ -1672,7 +2090,10 @@ pub fn persistentvolumeclaim(new: &Value, old: Option<&Value>) -> Vec<FieldError
             s
         };
         let (n, o) = (strip(get(new, "spec")), strip(get(old, "spec")));
-        if n != o && !(str_of(get(old, "spec"), "volumeName").is_empty() && without(&n, "volumeName") == without(&o, "volumeName")) {
+        if n != o
+            && !(str_of(get(old, "spec"), "volumeName").is_empty()
+                && without(&n, "volumeName") == without(&o, "volumeName"))
+        {
             errs.push(FieldError::forbidden(
                 "spec",
                 &format!(
@@ -1696,15 +2117,26 @@ fn without(v: &Value, key: &str) -> Value {
 fn validate_pvc_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
     let modes = arr(spec, "accessModes");
     if modes.is_empty() {
-        errs.push(FieldError::required(format!("{path}.accessModes"), "at least 1 access mode is required"));
+        errs.push(FieldError::required(
+            format!("{path}.accessModes"),
+            "at least 1 access mode is required",
+        ));
     }
     for mode in modes {
         let m = mode.as_str().unwrap_or("");
-        if !matches!(m, "ReadWriteOnce" | "ReadOnlyMany" | "ReadWriteMany" | "ReadWriteOncePod") {
+        if !matches!(
+            m,
+            "ReadWriteOnce" | "ReadOnlyMany" | "ReadWriteMany" | "ReadWriteOncePod"
+        ) {
             errs.push(FieldError::not_supported(
                 format!("{path}.accessModes"),
                 mode,
-                &["ReadOnlyMany", "ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"],
+                &[
+                    "ReadOnlyMany",
+                    "ReadWriteMany",
+                    "ReadWriteOnce",
+                    "ReadWriteOncePod",
+                ],
             ));
         }
     }
@@ -1719,9 +2151,11 @@ fn validate_pvc_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
         None => errs.push(FieldError::required(storage_path, "")),
         Some(q) => match quantity_of(q) {
             Err(msg) => errs.push(FieldError::invalid(storage_path, q, &msg)),
-            Ok(q) if q.nanos <= 0 => {
-                errs.push(FieldError::invalid(storage_path, &Value::from(q.canonical()), "must be greater than zero"))
-            }
+            Ok(q) if q.nanos <= 0 => errs.push(FieldError::invalid(
+                storage_path,
+                &Value::from(q.canonical()),
+                "must be greater than zero",
+            )),
             Ok(_) => {}
         },
     }
@@ -1753,12 +2187,16 @@ fn validate_selector_and_template(spec: &Value, rules: &WorkloadRules, errs: &mu
         None => errs.push(FieldError::required("spec.selector", "")),
         Some(sel) => {
             validate_label_selector(sel, "spec.selector", errs);
-            let n = obj(sel, "matchLabels").map_or(0, Map::len) + arr(sel, "matchExpressions").len();
+            let n =
+                obj(sel, "matchLabels").map_or(0, Map::len) + arr(sel, "matchExpressions").len();
             if n == 0 {
                 errs.push(invalid_shown(
                     "spec.selector",
                     &go_label_selector(sel),
-                    &format!("empty selector is invalid for {}", rules.empty_selector_kind),
+                    &format!(
+                        "empty selector is invalid for {}",
+                        rules.empty_selector_kind
+                    ),
                 ));
             } else {
                 let labels = obj(get(template, "metadata"), "labels");
@@ -1780,21 +2218,38 @@ fn validate_selector_and_template(spec: &Value, rules: &WorkloadRules, errs: &mu
     let pod_spec = get(template, "spec");
     let policy = str_of(pod_spec, "restartPolicy");
     if policy != "Always" && !policy.is_empty() {
-        errs.push(FieldError::not_supported("spec.template.spec.restartPolicy", &Value::from(policy), &["Always"]));
+        errs.push(FieldError::not_supported(
+            "spec.template.spec.restartPolicy",
+            &Value::from(policy),
+            &["Always"],
+        ));
     }
-    if pod_spec.get("activeDeadlineSeconds").is_some_and(|v| !v.is_null()) {
+    if pod_spec
+        .get("activeDeadlineSeconds")
+        .is_some_and(|v| !v.is_null())
+    {
         errs.push(FieldError::forbidden(
             "spec.template.spec.activeDeadlineSeconds",
-            &format!("activeDeadlineSeconds in {} is not Supported", rules.deadline_kind),
+            &format!(
+                "activeDeadlineSeconds in {} is not Supported",
+                rules.deadline_kind
+            ),
         ));
     }
 }
 
 fn validate_selector_immutable(new: &Value, old: Option<&Value>, errs: &mut Vec<FieldError>) {
     if let Some(old) = old {
-        let (n, o) = (get(get(new, "spec"), "selector"), get(get(old, "spec"), "selector"));
+        let (n, o) = (
+            get(get(new, "spec"), "selector"),
+            get(get(old, "spec"), "selector"),
+        );
         if n != o {
-            errs.push(invalid_shown("spec.selector", &go_label_selector(n), IS_IMMUTABLE));
+            errs.push(invalid_shown(
+                "spec.selector",
+                &go_label_selector(n),
+                IS_IMMUTABLE,
+            ));
         }
     }
 }
@@ -1805,12 +2260,24 @@ fn validate_int_or_percent(v: &Value, path: &str, errs: &mut Vec<FieldError>) {
         Value::String(s) => {
             let digits = s.strip_suffix('%').unwrap_or("");
             if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
-                errs.push(FieldError::invalid(path, v, &regex_error(PERCENT_ERR, PERCENT_FMT, &["1%", "93%"])));
-            } else if digits.parse::<u64>().is_ok_and(|p| p > 100) && path.ends_with("maxUnavailable") {
-                errs.push(FieldError::invalid(path, v, "must not be greater than 100%"));
+                errs.push(FieldError::invalid(
+                    path,
+                    v,
+                    &regex_error(PERCENT_ERR, PERCENT_FMT, &["1%", "93%"]),
+                ));
+            } else if digits.parse::<u64>().is_ok_and(|p| p > 100)
+                && path.ends_with("maxUnavailable")
+            {
+                errs.push(FieldError::invalid(
+                    path,
+                    v,
+                    "must not be greater than 100%",
+                ));
             }
         }
-        Value::Number(n) if n.as_i64().is_some_and(|n| n < 0) => errs.push(FieldError::invalid(path, v, IS_NEGATIVE)),
+        Value::Number(n) if n.as_i64().is_some_and(|n| n < 0) => {
+            errs.push(FieldError::invalid(path, v, IS_NEGATIVE))
+        }
         _ => {}
     }
 }
@@ -1845,7 +2312,10 @@ pub fn deployment(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
     nonnegative(spec, "replicas", "spec", &mut errs);
     validate_selector_and_template(
         spec,
-        &WorkloadRules { empty_selector_kind: "deployment", deadline_kind: "Deployment" },
+        &WorkloadRules {
+            empty_selector_kind: "deployment",
+            deadline_kind: "Deployment",
+        },
         &mut errs,
     );
     let strategy = get(spec, "strategy");
@@ -1865,9 +2335,17 @@ pub fn deployment(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
             )),
             Some(ru) => validate_rolling_update(ru, "spec.strategy.rollingUpdate", &mut errs),
         },
-        other => errs.push(FieldError::not_supported("spec.strategy", &Value::from(other), &["Recreate", "RollingUpdate"])),
+        other => errs.push(FieldError::not_supported(
+            "spec.strategy",
+            &Value::from(other),
+            &["Recreate", "RollingUpdate"],
+        )),
     }
-    for key in ["minReadySeconds", "revisionHistoryLimit", "progressDeadlineSeconds"] {
+    for key in [
+        "minReadySeconds",
+        "revisionHistoryLimit",
+        "progressDeadlineSeconds",
+    ] {
         nonnegative(spec, key, "spec", &mut errs);
     }
     if let Some(deadline) = int_of(spec, "progressDeadlineSeconds")
@@ -1892,7 +2370,10 @@ pub fn replicaset(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
     // Upstream's ReplicaSet message says "deployment" too.
     validate_selector_and_template(
         spec,
-        &WorkloadRules { empty_selector_kind: "deployment", deadline_kind: "ReplicaSet" },
+        &WorkloadRules {
+            empty_selector_kind: "deployment",
+            deadline_kind: "ReplicaSet",
+        },
         &mut errs,
     );
     validate_selector_immutable(new, old, &mut errs);
@@ -1905,7 +2386,10 @@ pub fn daemonset(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let spec = get(new, "spec");
     validate_selector_and_template(
         spec,
-        &WorkloadRules { empty_selector_kind: "daemonset", deadline_kind: "DaemonSet" },
+        &WorkloadRules {
+            empty_selector_kind: "daemonset",
+            deadline_kind: "DaemonSet",
+        },
         &mut errs,
     );
     nonnegative(spec, "minReadySeconds", "spec", &mut errs);
@@ -1914,7 +2398,10 @@ pub fn daemonset(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
     match str_of(strategy, "type") {
         "OnDelete" => {}
         "RollingUpdate" => match strategy.get("rollingUpdate").filter(|v| v.is_object()) {
-            None => errs.push(FieldError::required("spec.updateStrategy.rollingUpdate", "")),
+            None => errs.push(FieldError::required(
+                "spec.updateStrategy.rollingUpdate",
+                "",
+            )),
             Some(ru) => validate_rolling_update(ru, "spec.updateStrategy.rollingUpdate", &mut errs),
         },
         other => errs.push(FieldError::not_supported(
@@ -1936,7 +2423,10 @@ pub fn statefulset(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
     nonnegative(spec, "minReadySeconds", "spec", &mut errs);
     validate_selector_and_template(
         spec,
-        &WorkloadRules { empty_selector_kind: "statefulset", deadline_kind: "StatefulSet" },
+        &WorkloadRules {
+            empty_selector_kind: "statefulset",
+            deadline_kind: "StatefulSet",
+        },
         &mut errs,
     );
     match str_of(spec, "podManagementPolicy") {
@@ -1960,7 +2450,12 @@ pub fn statefulset(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
                 ));
             }
         }
-        "RollingUpdate" => nonnegative(get(strategy, "rollingUpdate"), "partition", "spec.updateStrategy.rollingUpdate", &mut errs),
+        "RollingUpdate" => nonnegative(
+            get(strategy, "rollingUpdate"),
+            "partition",
+            "spec.updateStrategy.rollingUpdate",
+            &mut errs,
+        ),
         other => errs.push(invalid_shown(
             "spec.updateStrategy",
             &format!("apps.StatefulSetUpdateStrategy{{Type:{other:?}}}"),
@@ -1971,12 +2466,23 @@ pub fn statefulset(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
         let name = str_of(get(claim, "metadata"), "name");
         let p = format!("spec.volumeClaimTemplates[{i}]");
         for msg in dns1123_subdomain(name) {
-            errs.push(FieldError::invalid(format!("{p}.metadata.name"), &Value::from(name), &msg));
+            errs.push(FieldError::invalid(
+                format!("{p}.metadata.name"),
+                &Value::from(name),
+                &msg,
+            ));
         }
         validate_pvc_spec(get(claim, "spec"), &format!("{p}.spec"), &mut errs);
     }
     if let Some(old) = old {
-        let mutable = ["replicas", "ordinals", "template", "updateStrategy", "persistentVolumeClaimRetentionPolicy", "minReadySeconds"];
+        let mutable = [
+            "replicas",
+            "ordinals",
+            "template",
+            "updateStrategy",
+            "persistentVolumeClaimRetentionPolicy",
+            "minReadySeconds",
+        ];
         let strip = |s: &Value| {
             let mut s = s.clone();
             if let Some(m) = s.as_object_mut() {
@@ -2002,7 +2508,13 @@ pub fn statefulset(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
 
 /// The checks a Job spec and a CronJob's job template share (upstream's `validateJobSpec`).
 fn validate_job_spec_common(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
-    for key in ["parallelism", "completions", "activeDeadlineSeconds", "backoffLimit", "ttlSecondsAfterFinished"] {
+    for key in [
+        "parallelism",
+        "completions",
+        "activeDeadlineSeconds",
+        "backoffLimit",
+        "ttlSecondsAfterFinished",
+    ] {
         nonnegative(spec, key, path, errs);
     }
     if let Some(mode) = spec.get("completionMode").and_then(Value::as_str) {
@@ -2010,7 +2522,10 @@ fn validate_job_spec_common(spec: &Value, path: &str, errs: &mut Vec<FieldError>
             "NonIndexed" => {}
             "Indexed" => {
                 if spec.get("completions").is_none_or(Value::is_null) {
-                    errs.push(FieldError::required(format!("{path}.completions"), "when completion mode is Indexed"));
+                    errs.push(FieldError::required(
+                        format!("{path}.completions"),
+                        "when completion mode is Indexed",
+                    ));
                 }
             }
             other => errs.push(FieldError::not_supported(
@@ -2034,9 +2549,16 @@ fn validate_job_spec_common(spec: &Value, path: &str, errs: &mut Vec<FieldError>
     let restart_path = format!("{path}.template.spec.restartPolicy");
     match str_of(get(template, "spec"), "restartPolicy") {
         // Defaulting turns an unset policy into Always, so both get the same message.
-        "" | "Always" => errs.push(FieldError::required(restart_path, "valid values: \"OnFailure\", \"Never\"")),
+        "" | "Always" => errs.push(FieldError::required(
+            restart_path,
+            "valid values: \"OnFailure\", \"Never\"",
+        )),
         "OnFailure" | "Never" => {}
-        other => errs.push(FieldError::not_supported(restart_path, &Value::from(other), &["OnFailure", "Never"])),
+        other => errs.push(FieldError::not_supported(
+            restart_path,
+            &Value::from(other),
+            &["OnFailure", "Never"],
+        )),
     }
 }
 
@@ -2063,7 +2585,13 @@ pub fn job(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
     if let Some(old) = old {
         let old_spec = get(old, "spec");
         validate_selector_immutable(new, Some(old), &mut errs);
-        for key in ["completions", "completionMode", "podFailurePolicy", "backoffLimitPerIndex", "managedBy"] {
+        for key in [
+            "completions",
+            "completionMode",
+            "podFailurePolicy",
+            "backoffLimitPerIndex",
+            "managedBy",
+        ] {
             let n = get(spec, key);
             if n != get(old_spec, key) {
                 errs.push(FieldError::invalid(format!("spec.{key}"), n, IS_IMMUTABLE));
@@ -2073,7 +2601,11 @@ pub fn job(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
         let suspended = old_spec.get("suspend").and_then(Value::as_bool) == Some(true)
             && get(get(old, "status"), "startTime").is_null();
         if !suspended && get(spec, "template") != get(old_spec, "template") {
-            errs.push(invalid_shown("spec.template", "core.PodTemplateSpec{...}", IS_IMMUTABLE));
+            errs.push(invalid_shown(
+                "spec.template",
+                "core.PodTemplateSpec{...}",
+                IS_IMMUTABLE,
+            ));
         }
     }
     errs
@@ -2086,7 +2618,11 @@ pub fn cronjob(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
     // The controller appends an 11-character suffix to make job names, which are limited
     // to 63 characters.
     if old.is_none() && name.len() > 52 {
-        errs.push(FieldError::invalid("metadata.name", &Value::from(name), "must be no more than 52 characters"));
+        errs.push(FieldError::invalid(
+            "metadata.name",
+            &Value::from(name),
+            "must be no more than 52 characters",
+        ));
     }
     let spec = get(new, "spec");
     let schedule = str_of(spec, "schedule");
@@ -2095,7 +2631,11 @@ pub fn cronjob(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
         errs.push(FieldError::required("spec.schedule", ""));
     } else {
         if let Err(msg) = parse_cron_schedule(schedule) {
-            errs.push(FieldError::invalid("spec.schedule", &Value::from(schedule), &msg));
+            errs.push(FieldError::invalid(
+                "spec.schedule",
+                &Value::from(schedule),
+                &msg,
+            ));
         }
         // Updates keep tolerating what older objects may already hold.
         let old_schedule = old.map(|o| str_of(get(o, "spec"), "schedule"));
@@ -2105,14 +2645,22 @@ pub fn cronjob(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
             } else {
                 "cannot use TZ or CRON_TZ in schedule, use timeZone field instead"
             };
-            errs.push(FieldError::invalid("spec.schedule", &Value::from(schedule), msg));
+            errs.push(FieldError::invalid(
+                "spec.schedule",
+                &Value::from(schedule),
+                msg,
+            ));
         }
     }
     if let Some(tz) = time_zone {
         validate_time_zone(tz, &mut errs);
     }
     nonnegative(spec, "startingDeadlineSeconds", "spec", &mut errs);
-    match spec.get("concurrencyPolicy").and_then(Value::as_str).unwrap_or("") {
+    match spec
+        .get("concurrencyPolicy")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+    {
         "Allow" | "Forbid" | "Replace" => {}
         "" => errs.push(FieldError::required("spec.concurrencyPolicy", "")),
         other => errs.push(FieldError::not_supported(
@@ -2126,8 +2674,16 @@ pub fn cronjob(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
     }
     let job_template = get(spec, "jobTemplate");
     let meta = get(job_template, "metadata");
-    validate_labels(obj(meta, "labels"), "spec.jobTemplate.metadata.labels", &mut errs);
-    validate_annotations(obj(meta, "annotations"), "spec.jobTemplate.metadata.annotations", &mut errs);
+    validate_labels(
+        obj(meta, "labels"),
+        "spec.jobTemplate.metadata.labels",
+        &mut errs,
+    );
+    validate_annotations(
+        obj(meta, "annotations"),
+        "spec.jobTemplate.metadata.annotations",
+        &mut errs,
+    );
     let job_spec = get(job_template, "spec");
     validate_job_spec_common(job_spec, "spec.jobTemplate.spec", &mut errs);
     if let Some(sel) = job_spec.get("selector").filter(|s| !s.is_null()) {
@@ -2138,7 +2694,11 @@ pub fn cronjob(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
         ));
     }
     if job_spec.get("manualSelector").and_then(Value::as_bool) == Some(true) {
-        errs.push(FieldError::not_supported("spec.jobTemplate.spec.manualSelector", &Value::Bool(true), &["nil", "false"]));
+        errs.push(FieldError::not_supported(
+            "spec.jobTemplate.spec.manualSelector",
+            &Value::Bool(true),
+            &["nil", "false"],
+        ));
     }
     errs
 }
@@ -2146,7 +2706,11 @@ pub fn cronjob(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
 fn validate_time_zone(tz: &str, errs: &mut Vec<FieldError>) {
     let shown = Value::from(tz);
     if tz.is_empty() {
-        errs.push(FieldError::invalid("spec.timeZone", &shown, "timeZone must be nil or non-empty string"));
+        errs.push(FieldError::invalid(
+            "spec.timeZone",
+            &shown,
+            "timeZone must be nil or non-empty string",
+        ));
         return;
     }
     let part_ok = |p: &str| {
@@ -2154,10 +2718,15 @@ fn validate_time_zone(tz: &str, errs: &mut Vec<FieldError>) {
             && p != ".."
             && !p.starts_with('-')
             && (1..=14).contains(&p.len())
-            && p.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b'+'))
+            && p.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b'+'))
     };
     if !tz.split('/').all(part_ok) {
-        errs.push(FieldError::invalid("spec.timeZone", &shown, &format!("unknown time zone {tz}")));
+        errs.push(FieldError::invalid(
+            "spec.timeZone",
+            &shown,
+            &format!("unknown time zone {tz}"),
+        ));
         return;
     }
     if tz.eq_ignore_ascii_case("Local") {
@@ -2172,7 +2741,11 @@ fn validate_time_zone(tz: &str, errs: &mut Vec<FieldError>) {
     // when there is one to judge them against.
     let db = jiff::tz::db();
     if tz != "UTC" && !db.is_definitively_empty() && db.get(tz).is_err() {
-        errs.push(FieldError::invalid("spec.timeZone", &shown, &format!("unknown time zone {tz}")));
+        errs.push(FieldError::invalid(
+            "spec.timeZone",
+            &shown,
+            &format!("unknown time zone {tz}"),
+        ));
     }
 }
 
@@ -2197,8 +2770,15 @@ const MONTH_NAMES: &[(&str, u32)] = &[
     ("nov", 11),
     ("dec", 12),
 ];
-const DOW_NAMES: &[(&str, u32)] =
-    &[("sun", 0), ("mon", 1), ("tue", 2), ("wed", 3), ("thu", 4), ("fri", 5), ("sat", 6)];
+const DOW_NAMES: &[(&str, u32)] = &[
+    ("sun", 0),
+    ("mon", 1),
+    ("tue", 2),
+    ("wed", 3),
+    ("thu", 4),
+    ("fri", 5),
+    ("sat", 6),
+];
 
 /// Parses a standard five-field cron schedule or a descriptor (`@hourly`, `@every 5m`), with
 /// the error messages of the cron library upstream uses (robfig/cron v3).
@@ -2209,19 +2789,26 @@ pub fn parse_cron_schedule(spec: &str) -> Result<(), String> {
     let mut spec = spec;
     if spec.starts_with("TZ=") || spec.starts_with("CRON_TZ=") {
         let Some(space) = spec.find(' ') else {
-            return Err(format!("provided bad location {}: unknown time zone", &spec[spec.find('=').unwrap_or(0) + 1..]));
+            return Err(format!(
+                "provided bad location {}: unknown time zone",
+                &spec[spec.find('=').unwrap_or(0) + 1..]
+            ));
         };
         spec = spec[space..].trim();
     }
     if let Some(descriptor) = spec.strip_prefix('@') {
         return match descriptor {
-            "yearly" | "annually" | "monthly" | "weekly" | "daily" | "midnight" | "hourly" => Ok(()),
+            "yearly" | "annually" | "monthly" | "weekly" | "daily" | "midnight" | "hourly" => {
+                Ok(())
+            }
             d if d.starts_with("every ") => {
                 let dur = &d["every ".len()..];
                 if go_duration_ok(dur) {
                     Ok(())
                 } else {
-                    Err(format!("failed to parse duration {spec}: time: invalid duration {dur:?}"))
+                    Err(format!(
+                        "failed to parse duration {spec}: time: invalid duration {dur:?}"
+                    ))
                 }
             }
             _ => Err(format!("unrecognized descriptor: {spec}")),
@@ -2229,14 +2816,38 @@ pub fn parse_cron_schedule(spec: &str) -> Result<(), String> {
     }
     let fields: Vec<&str> = spec.split_whitespace().collect();
     if fields.len() != 5 {
-        return Err(format!("expected exactly 5 fields, found {}: [{}]", fields.len(), fields.join(" ")));
+        return Err(format!(
+            "expected exactly 5 fields, found {}: [{}]",
+            fields.len(),
+            fields.join(" ")
+        ));
     }
     let bounds = [
-        CronBounds { min: 0, max: 59, names: &[] },
-        CronBounds { min: 0, max: 23, names: &[] },
-        CronBounds { min: 1, max: 31, names: &[] },
-        CronBounds { min: 1, max: 12, names: MONTH_NAMES },
-        CronBounds { min: 0, max: 6, names: DOW_NAMES },
+        CronBounds {
+            min: 0,
+            max: 59,
+            names: &[],
+        },
+        CronBounds {
+            min: 0,
+            max: 23,
+            names: &[],
+        },
+        CronBounds {
+            min: 1,
+            max: 31,
+            names: &[],
+        },
+        CronBounds {
+            min: 1,
+            max: 12,
+            names: MONTH_NAMES,
+        },
+        CronBounds {
+            min: 0,
+            max: 6,
+            names: DOW_NAMES,
+        },
     ];
     for (field, b) in fields.iter().zip(&bounds) {
         for expr in field.split(',').filter(|e| !e.is_empty()) {
@@ -2273,13 +2884,21 @@ fn cron_range(expr: &str, b: &CronBounds) -> Result<(), String> {
         _ => return Err(format!("too many slashes: {expr}")),
     };
     if start < b.min {
-        return Err(format!("beginning of range ({start}) below minimum ({}): {expr}", b.min));
+        return Err(format!(
+            "beginning of range ({start}) below minimum ({}): {expr}",
+            b.min
+        ));
     }
     if end > b.max {
-        return Err(format!("end of range ({end}) above maximum ({}): {expr}", b.max));
+        return Err(format!(
+            "end of range ({end}) above maximum ({}): {expr}",
+            b.max
+        ));
     }
     if start > end {
-        return Err(format!("beginning of range ({start}) beyond end of range ({end}): {expr}"));
+        return Err(format!(
+            "beginning of range ({start}) beyond end of range ({end}): {expr}"
+        ));
     }
     if step == 0 {
         return Err(format!("step of range should be a positive number: {expr}"));
@@ -2298,11 +2917,15 @@ fn cron_int_or_name(expr: &str, names: &[(&str, u32)]) -> Result<u32, String> {
 fn cron_int(expr: &str) -> Result<u32, String> {
     let digits = expr.strip_prefix(['+', '-']).unwrap_or(expr);
     if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
-        return Err(format!("failed to parse int from {expr}: strconv.Atoi: parsing {expr:?}: invalid syntax"));
+        return Err(format!(
+            "failed to parse int from {expr}: strconv.Atoi: parsing {expr:?}: invalid syntax"
+        ));
     }
-    let n: i64 = expr
-        .parse()
-        .map_err(|_| format!("failed to parse int from {expr}: strconv.Atoi: parsing {expr:?}: value out of range"))?;
+    let n: i64 = expr.parse().map_err(|_| {
+        format!(
+            "failed to parse int from {expr}: strconv.Atoi: parsing {expr:?}: value out of range"
+        )
+    })?;
     if n < 0 {
         return Err(format!("negative number ({n}) not allowed: {expr}"));
     }
@@ -2320,13 +2943,22 @@ fn go_duration_ok(s: &str) -> bool {
         return false;
     }
     while !rest.is_empty() {
-        let num_len = rest.bytes().take_while(|c| c.is_ascii_digit() || *c == b'.').count();
+        let num_len = rest
+            .bytes()
+            .take_while(|c| c.is_ascii_digit() || *c == b'.')
+            .count();
         if num_len == 0 || rest[..num_len] == *"." {
             return false;
         }
         rest = &rest[num_len..];
-        let unit_len = rest.bytes().take_while(|c| !c.is_ascii_digit() && *c != b'.').count();
-        if !matches!(&rest[..unit_len], "ns" | "us" | "µs" | "μs" | "ms" | "s" | "m" | "h") {
+        let unit_len = rest
+            .bytes()
+            .take_while(|c| !c.is_ascii_digit() && *c != b'.')
+            .count();
+        if !matches!(
+            &rest[..unit_len],
+            "ns" | "us" | "µs" | "μs" | "ms" | "s" | "m" | "h"
+        ) {
             return false;
         }
         rest = &rest[unit_len..];
@@ -2354,7 +2986,10 @@ mod tests {
             ]
         );
         assert_eq!(dns1123_label("a.b"), vec!["must not contain dots"]);
-        assert_eq!(dns1123_label(&"a".repeat(64)), vec!["must be no more than 63 characters"]);
+        assert_eq!(
+            dns1123_label(&"a".repeat(64)),
+            vec!["must be no more than 63 characters"]
+        );
     }
 
     #[test]
@@ -2366,7 +3001,10 @@ mod tests {
                 r"a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
             ]
         );
-        assert_eq!(dns1123_subdomain(&"a".repeat(254)), vec!["must be no more than 253 characters"]);
+        assert_eq!(
+            dns1123_subdomain(&"a".repeat(254)),
+            vec!["must be no more than 253 characters"]
+        );
     }
 
     #[test]
@@ -2391,21 +3029,49 @@ mod tests {
     #[test]
     fn object_meta_requires_a_name() {
         let errs = validate_object_meta(&json!({"namespace": "default"}), true, false);
-        assert_eq!(rendered(&errs), vec!["metadata.name: Required value: name or generateName is required"]);
-        let errs = validate_object_meta(&json!({"name": "Foo", "labels": {"a": "-x"}}), false, true);
+        assert_eq!(
+            rendered(&errs),
+            vec!["metadata.name: Required value: name or generateName is required"]
+        );
+        let errs =
+            validate_object_meta(&json!({"name": "Foo", "labels": {"a": "-x"}}), false, true);
         let r = rendered(&errs);
-        assert!(r[0].starts_with("metadata.name: Invalid value: \"Foo\": a lowercase RFC 1123 label"), "{r:?}");
-        assert!(r[1].starts_with("metadata.labels: Invalid value: \"-x\": a valid label"), "{r:?}");
+        assert!(
+            r[0].starts_with("metadata.name: Invalid value: \"Foo\": a lowercase RFC 1123 label"),
+            "{r:?}"
+        );
+        assert!(
+            r[1].starts_with("metadata.labels: Invalid value: \"-x\": a valid label"),
+            "{r:?}"
+        );
         // A generateName prefix may end in a dash.
-        assert!(validate_object_meta(&json!({"generateName": "web-", "name": "web-x1"}), false, false).is_empty());
+        assert!(
+            validate_object_meta(
+                &json!({"generateName": "web-", "name": "web-x1"}),
+                false,
+                false
+            )
+            .is_empty()
+        );
     }
 
     #[test]
     fn object_meta_annotations_and_owners() {
         let big = "x".repeat(TOTAL_ANNOTATION_SIZE_LIMIT + 1);
-        let errs = validate_object_meta(&json!({"name": "a", "annotations": {"k": big}}), false, false);
-        assert_eq!(rendered(&errs), vec!["metadata.annotations: Too long: may not be more than 262144 bytes"]);
-        let errs = validate_object_meta(&json!({"name": "a", "ownerReferences": [{"apiVersion": "v1"}]}), false, false);
+        let errs = validate_object_meta(
+            &json!({"name": "a", "annotations": {"k": big}}),
+            false,
+            false,
+        );
+        assert_eq!(
+            rendered(&errs),
+            vec!["metadata.annotations: Too long: may not be more than 262144 bytes"]
+        );
+        let errs = validate_object_meta(
+            &json!({"name": "a", "ownerReferences": [{"apiVersion": "v1"}]}),
+            false,
+            false,
+        );
         assert_eq!(
             rendered(&errs),
             vec![
@@ -2430,7 +3096,10 @@ mod tests {
         assert_eq!(q("-2k").value(), -2000);
         assert!(q("500m") < q("1"));
         assert_eq!(parse_quantity("abc"), Err(QUANTITY_FORMAT_ERR.to_string()));
-        assert_eq!(parse_quantity("1K"), Err("unable to parse quantity's suffix".to_string()));
+        assert_eq!(
+            parse_quantity("1K"),
+            Err("unable to parse quantity's suffix".to_string())
+        );
         assert_eq!(parse_quantity(""), Err(QUANTITY_FORMAT_ERR.to_string()));
     }
 
@@ -2455,7 +3124,10 @@ mod tests {
 
     #[test]
     fn pod_spec_errors() {
-        let errs = pod(&json!({"spec": {"restartPolicy": "Sometimes", "containers": []}}), None);
+        let errs = pod(
+            &json!({"spec": {"restartPolicy": "Sometimes", "containers": []}}),
+            None,
+        );
         assert_eq!(
             rendered(&errs),
             vec![
@@ -2463,7 +3135,12 @@ mod tests {
                 "spec.restartPolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\"",
             ]
         );
-        let errs = pod(&pod_with(json!({"name": "web", "ports": [{"containerPort": 70000, "protocol": "TCP"}]})), None);
+        let errs = pod(
+            &pod_with(
+                json!({"name": "web", "ports": [{"containerPort": 70000, "protocol": "TCP"}]}),
+            ),
+            None,
+        );
         assert_eq!(
             rendered(&errs),
             vec![
@@ -2478,7 +3155,10 @@ mod tests {
         let spec = json!({"spec": {"restartPolicy": "Always",
             "initContainers": [{"name": "a", "image": "x"}],
             "containers": [{"name": "a", "image": "x"}]}});
-        assert_eq!(rendered(&pod(&spec, None)), vec!["spec.containers[0].name: Duplicate value: \"a\""]);
+        assert_eq!(
+            rendered(&pod(&spec, None)),
+            vec!["spec.containers[0].name: Duplicate value: \"a\""]
+        );
     }
 
     #[test]
@@ -2486,7 +3166,9 @@ mod tests {
         let c = json!({"name": "a", "image": "x", "resources": {"limits": {"cpu": "1"}, "requests": {"cpu": "1500m"}}});
         assert_eq!(
             rendered(&pod(&pod_with(c), None)),
-            vec!["spec.containers[0].resources.requests: Invalid value: \"1500m\": must be less than or equal to cpu limit of 1"]
+            vec![
+                "spec.containers[0].resources.requests: Invalid value: \"1500m\": must be less than or equal to cpu limit of 1"
+            ]
         );
         let ok = json!({"name": "a", "image": "x", "resources": {"limits": {"memory": "1Gi"}, "requests": {"memory": "1024Mi"}}});
         assert!(pod(&pod_with(ok), None).is_empty());
@@ -2546,7 +3228,9 @@ mod tests {
         let new = json!({"spec": {"clusterIP": "10.0.0.2", "clusterIPs": ["10.0.0.2"], "ports": [{"port": 80, "protocol": "TCP"}]}});
         assert_eq!(
             rendered(&service(&new, Some(&old))),
-            vec!["spec.clusterIPs[0]: Invalid value: []string{\"10.0.0.2\"}: may not change once set"]
+            vec![
+                "spec.clusterIPs[0]: Invalid value: []string{\"10.0.0.2\"}: may not change once set"
+            ]
         );
     }
 
@@ -2561,19 +3245,31 @@ mod tests {
         );
         let old = json!({"immutable": true, "data": {"a": "1"}});
         let new = json!({"immutable": true, "data": {"a": "2"}});
-        assert_eq!(rendered(&configmap(&new, Some(&old))), vec!["data: Forbidden: field is immutable when `immutable` is set"]);
+        assert_eq!(
+            rendered(&configmap(&new, Some(&old))),
+            vec!["data: Forbidden: field is immutable when `immutable` is set"]
+        );
         let tls = json!({"type": "kubernetes.io/tls", "data": {"tls.crt": ""}});
-        assert_eq!(rendered(&secret(&tls, None)), vec!["data[tls.key]: Required value"]);
+        assert_eq!(
+            rendered(&secret(&tls, None)),
+            vec!["data[tls.key]: Required value"]
+        );
         let old = json!({"type": "Opaque"});
         assert_eq!(
-            rendered(&secret(&json!({"type": "kubernetes.io/tls", "data": {"tls.crt": "", "tls.key": ""}}), Some(&old))),
+            rendered(&secret(
+                &json!({"type": "kubernetes.io/tls", "data": {"tls.crt": "", "tls.key": ""}}),
+                Some(&old)
+            )),
             vec!["type: Invalid value: \"kubernetes.io/tls\": field is immutable"]
         );
     }
 
     #[test]
     fn pvc_rules() {
-        let errs = persistentvolumeclaim(&json!({"spec": {"accessModes": ["ReadWriteSometimes"]}}), None);
+        let errs = persistentvolumeclaim(
+            &json!({"spec": {"accessModes": ["ReadWriteSometimes"]}}),
+            None,
+        );
         assert_eq!(
             rendered(&errs),
             vec![
@@ -2581,8 +3277,14 @@ mod tests {
                 "spec.resources[storage]: Required value",
             ]
         );
-        let errs = persistentvolumeclaim(&json!({"spec": {"resources": {"requests": {"storage": "1Gi"}}}}), None);
-        assert_eq!(rendered(&errs), vec!["spec.accessModes: Required value: at least 1 access mode is required"]);
+        let errs = persistentvolumeclaim(
+            &json!({"spec": {"resources": {"requests": {"storage": "1Gi"}}}}),
+            None,
+        );
+        assert_eq!(
+            rendered(&errs),
+            vec!["spec.accessModes: Required value: at least 1 access mode is required"]
+        );
     }
 
     fn deployment_obj(selector: Value, labels: Value) -> Value {
@@ -2612,7 +3314,10 @@ mod tests {
         );
         let mut neg = ok.clone();
         neg["spec"]["replicas"] = json!(-1);
-        assert_eq!(rendered(&deployment(&neg, None)), vec!["spec.replicas: Invalid value: -1: must be greater than or equal to 0"]);
+        assert_eq!(
+            rendered(&deployment(&neg, None)),
+            vec!["spec.replicas: Invalid value: -1: must be greater than or equal to 0"]
+        );
     }
 
     #[test]
@@ -2622,27 +3327,50 @@ mod tests {
                 "spec": {"restartPolicy": "Always", "containers": [{"name": "a", "image": "x"}]}}}});
         assert_eq!(
             rendered(&job(&j, None)),
-            vec!["spec.template.spec.restartPolicy: Required value: valid values: \"OnFailure\", \"Never\""]
+            vec![
+                "spec.template.spec.restartPolicy: Required value: valid values: \"OnFailure\", \"Never\""
+            ]
         );
     }
 
     #[test]
     fn cron_schedules() {
-        for ok in ["*/5 * * * *", "0 0 * * MON-FRI", "@hourly", "@every 1h30m", "0 9 1 jan,jul *", "5/15 * * * *"] {
+        for ok in [
+            "*/5 * * * *",
+            "0 0 * * MON-FRI",
+            "@hourly",
+            "@every 1h30m",
+            "0 9 1 jan,jul *",
+            "5/15 * * * *",
+        ] {
             assert_eq!(parse_cron_schedule(ok), Ok(()), "{ok}");
         }
-        assert_eq!(parse_cron_schedule("bad"), Err("expected exactly 5 fields, found 1: [bad]".to_string()));
-        assert_eq!(parse_cron_schedule("0 70 * * *"), Err("end of range (70) above maximum (23): 70".to_string()));
-        assert_eq!(parse_cron_schedule("@sometimes"), Err("unrecognized descriptor: @sometimes".to_string()));
+        assert_eq!(
+            parse_cron_schedule("bad"),
+            Err("expected exactly 5 fields, found 1: [bad]".to_string())
+        );
+        assert_eq!(
+            parse_cron_schedule("0 70 * * *"),
+            Err("end of range (70) above maximum (23): 70".to_string())
+        );
+        assert_eq!(
+            parse_cron_schedule("@sometimes"),
+            Err("unrecognized descriptor: @sometimes".to_string())
+        );
         assert_eq!(
             parse_cron_schedule("x * * * *"),
-            Err("failed to parse int from x: strconv.Atoi: parsing \"x\": invalid syntax".to_string())
+            Err(
+                "failed to parse int from x: strconv.Atoi: parsing \"x\": invalid syntax"
+                    .to_string()
+            )
         );
         let cj = json!({"metadata": {"name": "c"}, "spec": {"schedule": "61 * * * *", "concurrencyPolicy": "Allow",
             "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "a", "image": "x"}]}}}}}});
         assert_eq!(
             rendered(&cronjob(&cj, None)),
-            vec!["spec.schedule: Invalid value: \"61 * * * *\": end of range (61) above maximum (59): 61"]
+            vec![
+                "spec.schedule: Invalid value: \"61 * * * *\": end of range (61) above maximum (59): 61"
+            ]
         );
     }
 }

@@ -8,9 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use visor_store::DynStore;
 use visor_store::etcd::EtcdStore;
 use visor_store::sqlite::SqliteStore;
-use visor_store::DynStore;
 
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -27,7 +27,10 @@ pub fn sqlite() -> (tempfile::TempDir, DynStore) {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 /// One etcd process owned by a test; killed (by its PID only) when dropped.
@@ -63,7 +66,11 @@ impl Etcd {
             });
         }
         let child = command.spawn().expect("start /usr/bin/etcd");
-        Etcd { child, endpoint: client, _dir: dir }
+        Etcd {
+            child,
+            endpoint: client,
+            _dir: dir,
+        }
     }
 
     /// Connects, retrying until etcd answers.

@@ -38,6 +38,8 @@ const BENCH: &str = "api";
 const MIB: f64 = 1024.0 * 1024.0;
 /// How long one watch event may take before the benchmark gives up on it.
 const WATCH_EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the benchmark's namespace to disappear at the end.
+const NAMESPACE_DELETE_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Args)]
 pub struct ApiArgs {
@@ -74,7 +76,9 @@ pub struct ApiArgs {
 pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let client = ApiClient::from_kubeconfig(&args.kubeconfig).await?;
     let namespace = args.namespace.clone().unwrap_or_else(random_namespace);
-    let progress = Progress { enabled: !args.json && std::io::stdout().is_terminal() };
+    let progress = Progress {
+        enabled: !args.json && std::io::stdout().is_terminal(),
+    };
     let mut admin = client.connect().await?;
     let created_namespace = create_namespace(&mut admin, &namespace).await?;
 
@@ -83,30 +87,29 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         outcome = measure(&client, &args, &namespace, &progress, &mut report) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
-    // Clean up whatever happened, on a fresh connection in case the old one broke.
-    let cleanup = async {
-        if created_namespace {
-            let mut conn = client.connect().await?;
-            delete_namespace(&mut conn, &namespace, &progress).await?;
+    if outcome.is_ok() {
+        if !args.json {
+            println!(
+                "visor bench api: {} objects, {} connection{}, server {}, namespace {namespace}\n",
+                args.objects,
+                args.connections,
+                if args.connections == 1 { "" } else { "s" },
+                client.addr(),
+            );
         }
-        anyhow::Ok(())
+        report.print(&mut std::io::stdout().lock())?;
     }
-    .await;
-    outcome?;
-    if !args.json {
-        println!(
-            "visor bench api: {} objects, {} connection{}, server {}, namespace {namespace}\n",
-            args.objects,
-            args.connections,
-            if args.connections == 1 { "" } else { "s" },
-            client.addr(),
-        );
+    // Clean up whatever happened, on a fresh connection in case the old one broke.
+    if created_namespace {
+        let cleanup = async {
+            let mut conn = client.connect().await?;
+            delete_namespace(&mut conn, &namespace, &progress).await
+        };
+        if let Err(error) = cleanup.await {
+            eprintln!("warning: namespace {namespace} was not removed: {error:#}");
+        }
     }
-    report.print(&mut std::io::stdout().lock())?;
-    if let Err(error) = cleanup {
-        eprintln!("warning: could not delete namespace {namespace}: {error:#}");
-    }
-    Ok(())
+    outcome
 }
 
 /// Runs every phase, adding its results to `report`.
@@ -117,7 +120,9 @@ async fn measure(
     progress: &Progress,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let server_pid = args.server_pid.or_else(|| procfs::pid_listening_on(client.addr()));
+    let server_pid = args
+        .server_pid
+        .or_else(|| procfs::pid_listening_on(client.addr()));
     if server_pid.is_none() {
         eprintln!("note: the server's process was not found on this machine; RSS is not reported");
     }
@@ -146,22 +151,41 @@ async fn measure(
         });
         json_request(conn, Method::POST, &path, &body)
     });
-    let created = phase(&mut conns, "create", n, StatusCode::CREATED, true, create, progress).await?;
+    let created = phase(
+        &mut conns,
+        "create",
+        n,
+        StatusCode::CREATED,
+        true,
+        create,
+        progress,
+    )
+    .await?;
     let versions = created.versions.clone();
     report.row(created.row("create", "create"));
 
     // Get.
     let path = base.clone();
     let get = Arc::new(move |conn: &Connection, i: usize| {
-        conn.request(Method::GET, &format!("{path}/{}", object_name(i)), "", Bytes::new())
+        conn.request(
+            Method::GET,
+            &format!("{path}/{}", object_name(i)),
+            "",
+            Bytes::new(),
+        )
     });
     let got = phase(&mut conns, "get", n, StatusCode::OK, false, get, progress).await?;
     report.row(got.row("get", "get"));
 
     // List, from the store and from the watch cache (resourceVersion=0).
-    for (label, key, query) in
-        [(format!("list ({n} items)"), "list", ""), (format!("list ({n} items), rv=0"), "list_rv0", "?resourceVersion=0")]
-    {
+    for (label, key, query) in [
+        (format!("list ({n} items)"), "list", ""),
+        (
+            format!("list ({n} items), rv=0"),
+            "list_rv0",
+            "?resourceVersion=0",
+        ),
+    ] {
         let conn = &mut conns[0];
         let bar = progress.bar(&label, args.lists);
         let mut latencies = Latencies::new();
@@ -172,8 +196,13 @@ async fn measure(
             latencies.push(start.elapsed());
             if round == 0 {
                 // Check once that the list is complete, outside the timed part.
-                let list: ListOf = serde_json::from_slice(&response.body).context("parsing a list")?;
-                let ours = list.items.iter().filter(|i| i.metadata.name.starts_with("bench-")).count();
+                let list: ListOf =
+                    serde_json::from_slice(&response.body).context("parsing a list")?;
+                let ours = list
+                    .items
+                    .iter()
+                    .filter(|i| i.metadata.name.starts_with("bench-"))
+                    .count();
                 if ours != n {
                     bail!("{label}: expected {n} bench objects, the list has {ours}");
                 }
@@ -197,24 +226,68 @@ async fn measure(
             },
             "data": {"index": i.to_string(), "value": "updated"},
         });
-        json_request(conn, Method::PUT, &format!("{path}/{}", object_name(i)), &body)
+        json_request(
+            conn,
+            Method::PUT,
+            &format!("{path}/{}", object_name(i)),
+            &body,
+        )
     });
-    let updated = phase(&mut conns, "update", n, StatusCode::OK, false, update, progress).await?;
+    let updated = phase(
+        &mut conns,
+        "update",
+        n,
+        StatusCode::OK,
+        false,
+        update,
+        progress,
+    )
+    .await?;
     report.row(updated.row("update", "update"));
-    rss(report, &format!("server RSS holding {n} objects"), "server_rss_loaded");
+    rss(
+        report,
+        &format!("server RSS holding {n} objects"),
+        "server_rss_loaded",
+    );
 
     // Watch delivery.
     if args.watch_events > 0 {
-        let latencies = watch_delivery(client, &mut conns[0], namespace, args.watch_events, progress).await?;
-        report.row(Row::new("watch delivery", "watch_delivery", latencies, None));
+        let latencies = watch_delivery(
+            client,
+            &mut conns[0],
+            namespace,
+            args.watch_events,
+            progress,
+        )
+        .await?;
+        report.row(Row::new(
+            "watch delivery",
+            "watch_delivery",
+            latencies,
+            None,
+        ));
     }
 
     // Delete.
     let path = base.clone();
     let delete = Arc::new(move |conn: &Connection, i: usize| {
-        conn.request(Method::DELETE, &format!("{path}/{}", object_name(i)), "", Bytes::new())
+        conn.request(
+            Method::DELETE,
+            &format!("{path}/{}", object_name(i)),
+            "",
+            Bytes::new(),
+        )
     });
-    let deleted = phase(&mut conns, "delete", n, StatusCode::OK, false, delete, progress).await?;
+    let deleted = phase(
+        &mut conns,
+        "delete",
+        n,
+        StatusCode::OK,
+        false,
+        delete,
+        progress,
+    )
+    .await?;
     report.row(deleted.row("delete", "delete"));
 
     // Hold: many objects of 1 KiB, then the server's memory.
@@ -230,11 +303,24 @@ async fn measure(
             });
             json_request(conn, Method::POST, &path, &body)
         });
-        let held = phase(&mut conns, "hold", hold, StatusCode::CREATED, false, create, progress).await?;
+        let held = phase(
+            &mut conns,
+            "hold",
+            hold,
+            StatusCode::CREATED,
+            false,
+            create,
+            progress,
+        )
+        .await?;
         report.row(held.row(format!("create 1 KiB (hold {hold})"), "hold_create"));
         // Let the server finish what the last requests started (cache updates, frees).
         tokio::time::sleep(Duration::from_secs(1)).await;
-        rss(report, &format!("server RSS holding {hold} objects of 1 KiB"), "server_rss_hold");
+        rss(
+            report,
+            &format!("server RSS holding {hold} objects of 1 KiB"),
+            "server_rss_hold",
+        );
         report.figure("objects held", "hold_objects", hold as f64, "objects");
     }
     Ok(())
@@ -254,7 +340,8 @@ impl PhaseResult {
     }
 }
 
-type BuildRequest = Arc<dyn Fn(&Connection, usize) -> anyhow::Result<Request<Full<Bytes>>> + Send + Sync>;
+type BuildRequest =
+    Arc<dyn Fn(&Connection, usize) -> anyhow::Result<Request<Full<Bytes>>> + Send + Sync>;
 
 /// Sends requests `0..count` over the connections, connection `c` taking `c, c + C, …` one
 /// after another, every connection at the same time; each answer must have status `expect`.
@@ -284,7 +371,9 @@ async fn phase(
                     let sent = Instant::now();
                     let response = conn.send_request(request).await?;
                     latencies.push(sent.elapsed());
-                    let response = response.expect(expect).with_context(|| format!("request {i}"))?;
+                    let response = response
+                        .expect(expect)
+                        .with_context(|| format!("request {i}"))?;
                     if keep_versions {
                         let object: Object = serde_json::from_slice(&response.body)?;
                         versions.push((i, object.metadata.resource_version));
@@ -316,7 +405,11 @@ async fn phase(
     if let Some(error) = failure {
         return Err(error.context(format!("{name} phase")));
     }
-    Ok(PhaseResult { latencies, elapsed, versions })
+    Ok(PhaseResult {
+        latencies,
+        elapsed,
+        versions,
+    })
 }
 
 /// Opens a watch on the namespace's ConfigMaps on its own connection, then creates `count`
@@ -332,10 +425,19 @@ async fn watch_delivery(
     let base = format!("/api/v1/namespaces/{namespace}/configmaps");
     // Start from the current revision, so the watch does not replay the existing objects.
     let request = conn.request(Method::GET, &format!("{base}?limit=1"), "", Bytes::new())?;
-    let list: ListOf = serde_json::from_slice(&conn.send_request(request).await?.expect(StatusCode::OK)?.body)?;
+    let list: ListOf = serde_json::from_slice(
+        &conn
+            .send_request(request)
+            .await?
+            .expect(StatusCode::OK)?
+            .body,
+    )?;
     let mut watch_conn = client.connect().await?;
     let (status, body) = watch_conn
-        .stream(&format!("{base}?watch=true&resourceVersion={}", list.metadata.resource_version))
+        .stream(&format!(
+            "{base}?watch=true&resourceVersion={}",
+            list.metadata.resource_version
+        ))
         .await?;
     if status != StatusCode::OK {
         bail!("opening a watch: {status}");
@@ -348,7 +450,9 @@ async fn watch_delivery(
             let arrived = Instant::now();
             if let Ok(event) = serde_json::from_slice::<WatchEvent>(&line)
                 && event.kind == "ADDED"
-                && events_tx.send((event.object.metadata.name, arrived)).is_err()
+                && events_tx
+                    .send((event.object.metadata.name, arrived))
+                    .is_err()
             {
                 break;
             }
@@ -368,7 +472,9 @@ async fn watch_delivery(
             });
             let request = json_request(conn, Method::POST, &base, &body)?;
             let sent = Instant::now();
-            conn.send_request(request).await?.expect(StatusCode::CREATED)?;
+            conn.send_request(request)
+                .await?
+                .expect(StatusCode::CREATED)?;
             let arrived = tokio::time::timeout(WATCH_EVENT_TIMEOUT, async {
                 while let Some((event_name, arrived)) = events.recv().await {
                     if event_name == name {
@@ -399,19 +505,29 @@ async fn create_namespace(conn: &mut Connection, namespace: &str) -> anyhow::Res
     match response.status {
         StatusCode::CREATED => Ok(true),
         StatusCode::CONFLICT => Ok(false),
-        _ => Err(response.expect(StatusCode::CREATED).unwrap_err().context(format!("creating namespace {namespace}"))),
+        _ => Err(response
+            .expect(StatusCode::CREATED)
+            .unwrap_err()
+            .context(format!("creating namespace {namespace}"))),
     }
 }
 
 /// Deletes the namespace and waits (up to a limit) until it is gone.
-async fn delete_namespace(conn: &mut Connection, namespace: &str, progress: &Progress) -> anyhow::Result<()> {
+async fn delete_namespace(
+    conn: &mut Connection,
+    namespace: &str,
+    progress: &Progress,
+) -> anyhow::Result<()> {
     let path = format!("/api/v1/namespaces/{namespace}");
     let response = conn.send(Method::DELETE, &path, None).await?;
-    if !matches!(response.status, StatusCode::OK | StatusCode::ACCEPTED | StatusCode::NOT_FOUND) {
+    if !matches!(
+        response.status,
+        StatusCode::OK | StatusCode::ACCEPTED | StatusCode::NOT_FOUND
+    ) {
         response.expect(StatusCode::OK)?;
     }
     let bar = progress.spinner(&format!("deleting namespace {namespace}"));
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + NAMESPACE_DELETE_TIMEOUT;
     while Instant::now() < deadline {
         if conn.send(Method::GET, &path, None).await?.status == StatusCode::NOT_FOUND {
             bar.finish_and_clear();
@@ -421,7 +537,7 @@ async fn delete_namespace(conn: &mut Connection, namespace: &str, progress: &Pro
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     bar.finish_and_clear();
-    bail!("still terminating after 5 minutes")
+    bail!("it is still terminating after {NAMESPACE_DELETE_TIMEOUT:?}")
 }
 
 fn json_request(
@@ -430,7 +546,12 @@ fn json_request(
     path: &str,
     body: &serde_json::Value,
 ) -> anyhow::Result<Request<Full<Bytes>>> {
-    conn.request(method, path, "application/json", Bytes::from(serde_json::to_vec(body)?))
+    conn.request(
+        method,
+        path,
+        "application/json",
+        Bytes::from(serde_json::to_vec(body)?),
+    )
 }
 
 fn object_name(i: usize) -> String {
@@ -440,7 +561,10 @@ fn object_name(i: usize) -> String {
 /// `bench-` and 8 hex digits from the clock and the process id: unique enough that two runs
 /// (even concurrent ones) do not share a namespace.
 fn random_namespace() -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
     let mixed = (nanos ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     format!("bench-{:08x}", mixed >> 32)
 }
@@ -456,7 +580,9 @@ impl Progress {
             return ProgressBar::hidden();
         }
         let bar = ProgressBar::new(len as u64);
-        if let Ok(style) = ProgressStyle::with_template("{prefix:>24} {bar:40} {pos}/{len} {per_sec}") {
+        if let Ok(style) =
+            ProgressStyle::with_template("{prefix:>24} {bar:40} {pos}/{len} {per_sec}")
+        {
             bar.set_style(style);
         }
         bar.set_prefix(name.to_string());
@@ -512,7 +638,11 @@ mod tests {
         assert_ne!(a, b);
         for ns in [a, b] {
             assert_eq!(ns.len(), "bench-".len() + 8);
-            assert!(ns.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{ns}");
+            assert!(
+                ns.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "{ns}"
+            );
         }
     }
 }

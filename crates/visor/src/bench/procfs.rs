@@ -18,10 +18,16 @@ pub fn pid_listening_on(addr: SocketAddr) -> Option<u32> {
     let inode = listening_inode(addr)?;
     let target = format!("socket:[{inode}]");
     for entry in fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else { continue };
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
         for fd in fds.flatten() {
             if fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == target.as_str()) {
                 return Some(pid);
@@ -35,13 +41,17 @@ pub fn pid_listening_on(addr: SocketAddr) -> Option<u32> {
 fn listening_inode(addr: SocketAddr) -> Option<u64> {
     const LISTEN: &str = "0A";
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = fs::read_to_string(table) else { continue };
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() < 10 || fields[3] != LISTEN {
                 continue;
             }
-            let Some((ip_hex, port_hex)) = fields[1].split_once(':') else { continue };
+            let Some((ip_hex, port_hex)) = fields[1].split_once(':') else {
+                continue;
+            };
             if u16::from_str_radix(port_hex, 16).ok() != Some(addr.port()) {
                 continue;
             }
@@ -57,12 +67,14 @@ fn listening_inode(addr: SocketAddr) -> Option<u64> {
 /// it. The kernel prints the address as 32-bit words, each the in-memory (network-order) bytes
 /// read as a host-order integer, so `to_ne_bytes` gives the bytes back.
 fn ip_matches(hex: &str, addr: SocketAddr) -> bool {
-    if hex.len() % 8 != 0 || !hex.is_ascii() {
+    if !hex.len().is_multiple_of(8) || !hex.is_ascii() {
         return false;
     }
     let mut octets = Vec::with_capacity(hex.len() / 2);
     for i in (0..hex.len()).step_by(8) {
-        let Ok(word) = u32::from_str_radix(&hex[i..i + 8], 16) else { return false };
+        let Ok(word) = u32::from_str_radix(&hex[i..i + 8], 16) else {
+            return false;
+        };
         octets.extend_from_slice(&word.to_ne_bytes());
     }
     let ip: IpAddr = if let Ok(v4) = <[u8; 4]>::try_from(octets.as_slice()) {
@@ -91,7 +103,9 @@ mod tests {
 
     #[test]
     fn finds_an_ipv6_loopback_listener() {
-        let Ok(listener) = std::net::TcpListener::bind("[::1]:0") else { return };
+        let Ok(listener) = std::net::TcpListener::bind("[::1]:0") else {
+            return;
+        };
         let addr = listener.local_addr().unwrap();
         assert_eq!(pid_listening_on(addr), Some(std::process::id()));
     }

@@ -34,9 +34,16 @@ pub struct Row {
 
 impl Row {
     /// A row from latency samples; `elapsed` (wall time for all of them) gives the throughput.
-    pub fn new(label: impl Into<String>, key: &'static str, mut latencies: Latencies, elapsed: Option<Duration>) -> Row {
+    pub fn new(
+        label: impl Into<String>,
+        key: &'static str,
+        mut latencies: Latencies,
+        elapsed: Option<Duration>,
+    ) -> Row {
         let count = latencies.len();
-        let throughput = elapsed.filter(|e| !e.is_zero()).map(|e| count as f64 / e.as_secs_f64());
+        let throughput = elapsed
+            .filter(|e| !e.is_zero())
+            .map(|e| count as f64 / e.as_secs_f64());
         Row {
             label: label.into(),
             key,
@@ -68,24 +75,49 @@ pub struct Report {
 
 impl Report {
     pub fn new(bench: &'static str, json: bool) -> Report {
-        Report { bench, json, rows: Vec::new(), figures: Vec::new() }
+        Report {
+            bench,
+            json,
+            rows: Vec::new(),
+            figures: Vec::new(),
+        }
     }
 
     pub fn row(&mut self, row: Row) {
         self.rows.push(row);
     }
 
-    pub fn figure(&mut self, label: impl Into<String>, key: impl Into<String>, value: f64, unit: &'static str) {
-        self.figures.push(Figure { label: label.into(), key: key.into(), value, unit });
+    pub fn figure(
+        &mut self,
+        label: impl Into<String>,
+        key: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+    ) {
+        self.figures.push(Figure {
+            label: label.into(),
+            key: key.into(),
+            value,
+            unit,
+        });
     }
 
     /// Every result as metrics, in the order they were added.
     pub fn metrics(&self) -> Vec<Metric> {
         let mut metrics = Vec::new();
-        let metric = |name: String, value: f64, unit: &'static str| Metric { bench: self.bench, metric: name, value, unit };
+        let metric = |name: String, value: f64, unit: &'static str| Metric {
+            bench: self.bench,
+            metric: name,
+            value,
+            unit,
+        };
         for row in &self.rows {
             if let Some(t) = row.throughput {
-                metrics.push(metric(format!("{}_throughput", row.key), round(t, 1), "ops/s"));
+                metrics.push(metric(
+                    format!("{}_throughput", row.key),
+                    round(t, 1),
+                    "ops/s",
+                ));
             }
             if let Some(p50) = row.p50 {
                 metrics.push(metric(format!("{}_p50", row.key), round(ms(p50), 3), "ms"));
@@ -95,7 +127,11 @@ impl Report {
             }
         }
         for figure in &self.figures {
-            metrics.push(metric(figure.key.clone(), round(figure.value, 1), figure.unit));
+            metrics.push(metric(
+                figure.key.clone(),
+                round(figure.value, 1),
+                figure.unit,
+            ));
         }
         metrics
     }
@@ -109,19 +145,44 @@ impl Report {
             }
             return out.flush();
         }
-        let width = self.rows.iter().map(|r| r.label.len()).chain([9]).max().unwrap_or(9);
-        writeln!(out, "{:<width$}  {:>7}  {:>12}  {:>8}  {:>8}", "operation", "count", "throughput/s", "p50 ms", "p99 ms")?;
+        let width = self
+            .rows
+            .iter()
+            .map(|r| r.label.len())
+            .chain([9])
+            .max()
+            .unwrap_or(9);
+        writeln!(
+            out,
+            "{:<width$}  {:>7}  {:>12}  {:>8}  {:>8}",
+            "operation", "count", "throughput/s", "p50 ms", "p99 ms"
+        )?;
         for row in &self.rows {
-            let throughput = row.throughput.map_or("-".to_string(), |t| format!("{t:.0}"));
+            let throughput = row
+                .throughput
+                .map_or("-".to_string(), |t| format!("{t:.0}"));
             let p50 = row.p50.map_or("-".to_string(), |d| format!("{:.3}", ms(d)));
             let p99 = row.p99.map_or("-".to_string(), |d| format!("{:.3}", ms(d)));
-            writeln!(out, "{:<width$}  {:>7}  {:>12}  {:>8}  {:>8}", row.label, row.count, throughput, p50, p99)?;
+            writeln!(
+                out,
+                "{:<width$}  {:>7}  {:>12}  {:>8}  {:>8}",
+                row.label, row.count, throughput, p50, p99
+            )?;
         }
         if !self.figures.is_empty() {
             writeln!(out)?;
-            let width = self.figures.iter().map(|f| f.label.len()).max().unwrap_or(0);
+            let width = self
+                .figures
+                .iter()
+                .map(|f| f.label.len())
+                .max()
+                .unwrap_or(0);
             for figure in &self.figures {
-                writeln!(out, "{:<width$}  {:.1} {}", figure.label, figure.value, figure.unit)?;
+                writeln!(
+                    out,
+                    "{:<width$}  {:.1} {}",
+                    figure.label, figure.value, figure.unit
+                )?;
             }
         }
         out.flush()
@@ -143,8 +204,18 @@ mod tests {
             latencies.push(Duration::from_millis(ms));
         }
         let mut report = Report::new("api", json);
-        report.row(Row::new("create", "create", latencies.clone(), Some(Duration::from_millis(50))));
-        report.row(Row::new("watch delivery", "watch_delivery", latencies, None));
+        report.row(Row::new(
+            "create",
+            "create",
+            latencies.clone(),
+            Some(Duration::from_millis(50)),
+        ));
+        report.row(Row::new(
+            "watch delivery",
+            "watch_delivery",
+            latencies,
+            None,
+        ));
         report.figure("server RSS, idle", "server_rss_idle", 12.34, "MiB");
         report
     }
@@ -153,14 +224,30 @@ mod tests {
     fn json_lines_carry_bench_metric_value_unit() {
         let mut out = Vec::new();
         sample_report(true).print(&mut out).unwrap();
-        let lines: Vec<serde_json::Value> =
-            String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        let names: Vec<&str> = lines.iter().map(|l| l["metric"].as_str().unwrap()).collect();
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let names: Vec<&str> = lines
+            .iter()
+            .map(|l| l["metric"].as_str().unwrap())
+            .collect();
         assert_eq!(
             names,
-            ["create_throughput", "create_p50", "create_p99", "watch_delivery_p50", "watch_delivery_p99", "server_rss_idle"]
+            [
+                "create_throughput",
+                "create_p50",
+                "create_p99",
+                "watch_delivery_p50",
+                "watch_delivery_p99",
+                "server_rss_idle"
+            ]
         );
-        assert_eq!(lines[0], serde_json::json!({"bench": "api", "metric": "create_throughput", "value": 200.0, "unit": "ops/s"}));
+        assert_eq!(
+            lines[0],
+            serde_json::json!({"bench": "api", "metric": "create_throughput", "value": 200.0, "unit": "ops/s"})
+        );
         assert_eq!(lines[1]["value"], 5.0);
         assert_eq!(lines[2]["unit"], "ms");
         assert_eq!(lines[5]["value"], 12.3);
@@ -172,9 +259,18 @@ mod tests {
         sample_report(false).print(&mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].starts_with("operation") && lines[0].contains("throughput/s"), "{text}");
-        assert!(lines[1].starts_with("create") && lines[1].contains("200"), "{text}");
-        assert!(lines[2].starts_with("watch delivery") && lines[2].contains(" - "), "{text}");
+        assert!(
+            lines[0].starts_with("operation") && lines[0].contains("throughput/s"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("create") && lines[1].contains("200"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("watch delivery") && lines[2].contains(" - "),
+            "{text}"
+        );
         assert!(text.contains("server RSS, idle  12.3 MiB"), "{text}");
     }
 }
