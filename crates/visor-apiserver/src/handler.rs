@@ -183,6 +183,15 @@ impl Handler {
         if identity.is_none() {
             return Err(ApiError::unauthorized());
         }
+        if crate::openapi::is_openapi_path(&path) {
+            return crate::openapi::serve(
+                &self.registry.catalog,
+                request.method(),
+                &path,
+                request.uri().query(),
+                request.headers(),
+            );
+        }
         let query = Query::parse(request.uri().query())?;
         let include =
             IncludeObject::parse(query.include_object.as_deref()).map_err(ApiError::bad_request)?;
@@ -336,8 +345,11 @@ impl Handler {
             (Method::POST, None, None) => {
                 let body = read_body(request).await?;
                 let obj = decode_body(&body, &content_type)?;
-                let result = registry.create(&scope, obj, &query).await?;
-                self.value_response(201, &def, result.object, format)
+                let result = registry
+                    .create_with_body(&scope, obj, json_body(&body, &content_type), &query)
+                    .await?;
+                let response = self.value_response(201, &def, result.object, format);
+                response.map(|r| with_warnings(r, &result.warnings))
             }
             (
                 Method::PUT,
@@ -346,13 +358,17 @@ impl Handler {
             ) => {
                 let body = read_body(request).await?;
                 let obj = decode_body(&body, &content_type)?;
-                let result = registry.update(&scope, &name, sub, obj, &query).await?;
-                self.value_response(
+                let raw = json_body(&body, &content_type);
+                let result = registry
+                    .update_with_body(&scope, &name, sub, obj, raw, &query)
+                    .await?;
+                let response = self.value_response(
                     if result.created { 201 } else { 200 },
                     &def,
                     result.object,
                     format,
-                )
+                );
+                response.map(|r| with_warnings(r, &result.warnings))
             }
             (Method::PUT, Some(name), Some(Subresource::Scale)) => {
                 let body = read_body(request).await?;
@@ -529,6 +545,22 @@ fn parse_items(items: &[Bytes]) -> ApiResult<Vec<Value>> {
         .iter()
         .map(|i| serde_json::from_slice(i).map_err(|e| ApiError::internal(e.to_string())))
         .collect()
+}
+
+/// The body as JSON text, when it is JSON: field validation scans it for repeated keys.
+fn json_body<'a>(body: &'a [u8], content_type: &str) -> Option<&'a [u8]> {
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    (media.is_empty() || media.eq_ignore_ascii_case(JSON)).then_some(body)
+}
+
+/// Adds one `Warning` header per text (field validation in `Warn` mode).
+fn with_warnings(mut response: Response<Body>, warnings: &[String]) -> Response<Body> {
+    for text in warnings {
+        if let Ok(value) = HeaderValue::from_str(&crate::openapi::warning_header(text)) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
 }
 
 /// Reads a request body, refusing more than upstream's 3 MiB.

@@ -17,11 +17,13 @@ use visor_store::DynStore;
 use visor_store::cache::WatchCache;
 
 pub mod auth;
+pub mod crd;
 pub mod discovery;
 pub mod errors;
 pub mod handler;
 pub mod kinds;
 pub mod object;
+pub mod openapi;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;
@@ -29,6 +31,7 @@ pub mod registry;
 pub mod request;
 pub mod selectors;
 pub mod server;
+pub mod strategic;
 pub mod table;
 pub mod watch;
 
@@ -57,6 +60,7 @@ pub struct RunningServer {
     shutdown: signal::Sender<bool>,
     serving: tokio::task::JoinHandle<()>,
     compactor: tokio::task::JoinHandle<()>,
+    crds: tokio::task::JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -64,6 +68,7 @@ impl RunningServer {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
         self.compactor.abort();
+        self.crds.abort();
         self.serving.await.context("server task failed")?;
         Ok(())
     }
@@ -88,6 +93,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         cache,
     });
     ensure_system_namespaces(&registry).await?;
+    // Serve the custom resources that already exist before reporting ready, then follow changes.
+    crd::serve_existing(&registry).await;
+    let crds = tokio::spawn(crd::run(registry.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -121,6 +129,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         shutdown,
         serving,
         compactor,
+        crds,
     })
 }
 

@@ -1,6 +1,6 @@
-//! PATCH: JSON patch (RFC 6902) and JSON merge patch (RFC 7386), applied to the latest stored
-//! object inside the registry's compare-and-swap loop, so concurrent patches never lose each
-//! other's changes.
+//! PATCH: JSON patch (RFC 6902), JSON merge patch (RFC 7386) and, for built-in kinds,
+//! strategic merge patch ([`crate::strategic`]), applied to the latest stored object inside the
+//! registry's compare-and-swap loop, so concurrent patches never lose each other's changes.
 
 use serde_json::Value;
 
@@ -15,6 +15,7 @@ use crate::request::Query;
 pub enum PatchType {
     Json,
     Merge,
+    Strategic,
 }
 
 impl PatchType {
@@ -22,15 +23,32 @@ impl PatchType {
         match content_type.split(';').next().unwrap_or("").trim() {
             "application/json-patch+json" => Ok(PatchType::Json),
             "application/merge-patch+json" => Ok(PatchType::Merge),
+            "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
             _ => Err(ApiError::unsupported_media_type(content_type)),
         }
     }
 }
 
-/// Applies a patch document to an object.
-pub fn apply_patch(kind: PatchType, current: &Value, patch: &Value) -> ApiResult<Value> {
+/// Applies a patch document to an object. `type_of` is the (apiVersion, kind) the object is
+/// presented as, which a strategic merge patch needs to know the object's types.
+pub fn apply_patch(
+    kind: PatchType,
+    current: &Value,
+    patch: &Value,
+    type_of: (&str, &str),
+) -> ApiResult<Value> {
     let mut doc = current.clone();
     match kind {
+        PatchType::Strategic => {
+            let (api_version, kind) = type_of;
+            doc = crate::strategic::strategic_merge(current, patch, api_version, kind).map_err(
+                |e| match e.code {
+                    415 => strategic_unsupported(),
+                    422 => ApiError::new(422, "Invalid", e.message),
+                    _ => ApiError::bad_request(e.message),
+                },
+            )?;
+        }
         PatchType::Merge => {
             if !patch.is_object() {
                 return Err(ApiError::bad_request(
@@ -59,6 +77,15 @@ pub fn apply_patch(kind: PatchType, current: &Value, patch: &Value) -> ApiResult
     Ok(doc)
 }
 
+/// Upstream's answer to a strategic merge patch on a kind without a built-in type.
+fn strategic_unsupported() -> ApiError {
+    ApiError::new(
+        415,
+        "UnsupportedMediaType",
+        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+    )
+}
+
 /// Patches an object, its status, or (through its scale view) its replicas.
 pub async fn patch(
     registry: &Registry,
@@ -70,9 +97,23 @@ pub async fn patch(
     query: &Query,
 ) -> ApiResult<Value> {
     let kind = PatchType::from_content_type(content_type)?;
+    let def = scope.def.clone();
+    // The (apiVersion, kind) the patch applies to: the Scale view for the scale subresource.
+    let api_version = if def.group.is_empty() {
+        def.version.clone()
+    } else {
+        format!("{}/{}", def.group, def.version)
+    };
+    let type_of = match subresource {
+        Some(Subresource::Scale) => ("autoscaling/v1".to_string(), "Scale".to_string()),
+        _ => (api_version, def.kind.clone()),
+    };
+    // Strategic merge needs the built-in type's merge keys; custom resources have none.
+    if kind == PatchType::Strategic && !crate::strategic::has_schema(&type_of.0, &type_of.1) {
+        return Err(strategic_unsupported());
+    }
     let document: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: invalid JSON: {e}")))?;
-    let def = scope.def.clone();
     // A resourceVersion in a merge patch is a precondition, as upstream treats it.
     let precondition = document
         .pointer("/metadata/resourceVersion")
@@ -84,12 +125,11 @@ pub async fn patch(
         .transpose()?;
     let result = registry
         .guaranteed_update(scope, name, precondition, query.dry_run, |current| {
-            let presented = match (&def.shared_storage, subresource) {
-                (_, Some(Subresource::Scale)) => registry.scale_of(&def, current),
-                (Some(shared), _) => (shared.from_storage)(current.clone()),
-                (None, _) => current.clone(),
+            let presented = match subresource {
+                Some(Subresource::Scale) => registry.scale_of(&def, current),
+                _ => registry.present(&def, current.clone()),
             };
-            let mut patched = apply_patch(kind, &presented, &document)?;
+            let mut patched = apply_patch(kind, &presented, &document, (&type_of.0, &type_of.1))?;
             if subresource == Some(Subresource::Scale) {
                 let replicas = patched
                     .pointer("/spec/replicas")
@@ -108,12 +148,10 @@ pub async fn patch(
                     ));
                 };
                 let mut next = current.clone();
-                next["spec"]["replicas"] = Value::from(replicas);
+                crate::registry::set_replicas(&def, &mut next, replicas);
                 return Ok(next);
             }
-            if let Some(shared) = &def.shared_storage {
-                patched = (shared.to_storage)(patched);
-            }
+            patched = registry.to_storage(&def, patched);
             if object::name(&patched) != name {
                 return Err(ApiError::bad_request(
                     "the patch may not change the object's name",
@@ -131,6 +169,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const CM: (&str, &str) = ("v1", "ConfigMap");
+
     #[test]
     fn merge_patch_sets_and_removes() {
         let current =
@@ -139,10 +179,11 @@ mod tests {
             PatchType::Merge,
             &current,
             &json!({"metadata": {"labels": {"x": null, "z": "3"}}}),
+            CM,
         )
         .unwrap();
         assert_eq!(patched["metadata"]["labels"], json!({"y": "2", "z": "3"}));
-        assert!(apply_patch(PatchType::Merge, &current, &json!([1])).is_err());
+        assert!(apply_patch(PatchType::Merge, &current, &json!([1]), CM).is_err());
     }
 
     #[test]
@@ -152,6 +193,7 @@ mod tests {
             PatchType::Json,
             &current,
             &json!([{"op": "add", "path": "/data/n", "value": "w"}]),
+            CM,
         )
         .unwrap();
         assert_eq!(patched["data"]["n"], "w");
@@ -159,17 +201,56 @@ mod tests {
             PatchType::Json,
             &current,
             &json!([{"op": "remove", "path": "/data/missing"}]),
+            CM,
         )
         .unwrap_err();
         assert_eq!(err.code, 422);
-        let err = apply_patch(PatchType::Json, &current, &json!({"op": "add"})).unwrap_err();
+        let err = apply_patch(PatchType::Json, &current, &json!({"op": "add"}), CM).unwrap_err();
         assert_eq!(err.code, 400);
         let err = apply_patch(
             PatchType::Json,
             &current,
             &json!([{"op": "test", "path": "/data/k", "value": "other"}]),
+            CM,
         )
         .unwrap_err();
         assert_eq!(err.code, 422);
+    }
+
+    #[test]
+    fn strategic_patch_types_and_errors() {
+        assert_eq!(
+            PatchType::from_content_type("application/strategic-merge-patch+json").unwrap(),
+            PatchType::Strategic
+        );
+        let current = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "finalizers": ["x"]}});
+        let patched = apply_patch(
+            PatchType::Strategic,
+            &current,
+            &json!({"metadata": {"finalizers": ["y"]}}),
+            CM,
+        )
+        .unwrap();
+        assert_eq!(patched["metadata"]["finalizers"], json!(["x", "y"]));
+        let err =
+            apply_patch(PatchType::Strategic, &current, &json!({"$patch": "x"}), CM).unwrap_err();
+        assert_eq!((err.code, err.reason), (400, "BadRequest"));
+        let err = apply_patch(
+            PatchType::Strategic,
+            &current,
+            &json!({"metadata": {"finalizers": [["y"]]}}),
+            CM,
+        )
+        .unwrap_err();
+        assert_eq!((err.code, err.reason), (422, "Invalid"));
+        let err = apply_patch(
+            PatchType::Strategic,
+            &current,
+            &json!({}),
+            ("example.com/v1", "Widget"),
+        )
+        .unwrap_err();
+        assert_eq!((err.code, err.reason), (415, "UnsupportedMediaType"));
     }
 }

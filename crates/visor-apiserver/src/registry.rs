@@ -20,6 +20,7 @@ use visor_store::{DynStore, KeyValue, RangeRequest, Revision, StoreError};
 use crate::errors::{ApiError, ApiResult, qualified};
 use crate::kinds::{Catalog, FieldError, ResourceDef, Subresource, validation};
 use crate::object::{self, CachedObject, meta, meta_mut};
+use crate::openapi;
 use crate::request::Query;
 use crate::selectors::{FieldSelector, LabelSelector, parse_field_selector, parse_label_selector};
 
@@ -68,6 +69,8 @@ pub struct ListResult {
 pub struct WriteResult {
     pub object: Value,
     pub created: bool,
+    /// Texts for `Warning` response headers (field validation in `Warn` mode).
+    pub warnings: Vec<String>,
 }
 
 /// Selectors of a list or watch, parsed and checked against the kind's selectable fields.
@@ -209,7 +212,11 @@ impl Registry {
     }
 
     /// Converts a stored object into the form of the resource being served.
-    fn present(&self, def: &ResourceDef, value: Value) -> Value {
+    pub(crate) fn present(&self, def: &ResourceDef, mut value: Value) -> Value {
+        if def.custom.is_some() {
+            // Custom resources convert between versions by their apiVersion alone.
+            value["apiVersion"] = json!(def.api_version());
+        }
         match &def.shared_storage {
             Some(shared) => (shared.from_storage)(value),
             None => value,
@@ -217,12 +224,26 @@ impl Registry {
     }
 
     fn present_bytes(&self, def: &ResourceDef, cached: &CachedObject) -> Bytes {
+        let stored_as_served = match (&def.shared_storage, &def.custom) {
+            (Some(_), _) => false,
+            (None, Some(custom)) => custom.storage_version == def.version,
+            (None, None) => true,
+        };
+        if stored_as_served {
+            return cached.json.clone();
+        }
+        let converted = self.present(def, cached.value());
+        Bytes::from(serde_json::to_vec(&converted).expect("JSON serialises"))
+    }
+
+    /// Converts an object in the served form into the stored form.
+    pub(crate) fn to_storage(&self, def: &ResourceDef, mut obj: Value) -> Value {
+        if let Some(custom) = &def.custom {
+            obj["apiVersion"] = json!(custom.storage_api_version(&def.group));
+        }
         match &def.shared_storage {
-            Some(shared) => {
-                let converted = (shared.from_storage)(cached.value());
-                Bytes::from(serde_json::to_vec(&converted).expect("JSON serialises"))
-            }
-            None => cached.json.clone(),
+            Some(shared) => (shared.to_storage)(obj),
+            None => obj,
         }
     }
 
@@ -437,8 +458,14 @@ impl Registry {
                 ApiError::bad_request(format!("error decoding {} body: {e}", def.kind))
             })?;
         }
+        if let Some(custom) = &def.custom {
+            custom.schema.prune(obj);
+        }
         if let Some(defaulter) = def.defaulter {
             defaulter(obj);
+        }
+        if let Some(custom) = &def.custom {
+            custom.schema.apply_defaults(obj);
         }
         let mut errors = match meta(obj) {
             Some(_) => validation::validate_object_meta(
@@ -450,6 +477,9 @@ impl Registry {
         };
         if let Some(validator) = def.validator {
             errors.extend(validator(obj, old));
+        }
+        if let Some(custom) = &def.custom {
+            errors.extend(custom.schema.validate(obj));
         }
         if !errors.is_empty() {
             let name = object::name(obj).to_string();
@@ -489,14 +519,37 @@ impl Registry {
         Ok(())
     }
 
-    pub async fn create(
+    pub async fn create(&self, scope: &Scope, obj: Value, query: &Query) -> ApiResult<WriteResult> {
+        self.create_with_body(scope, obj, None, query).await
+    }
+
+    /// [`Registry::create`], given also the request body as sent (JSON), in which field
+    /// validation looks for repeated keys.
+    pub async fn create_with_body(
+        &self,
+        scope: &Scope,
+        mut obj: Value,
+        raw_body: Option<&[u8]>,
+        query: &Query,
+    ) -> ApiResult<WriteResult> {
+        let def = scope.def.clone();
+        self.check_type(&def, &mut obj)?;
+        // Field validation (`fieldValidation`): see `openapi::validate_fields`.
+        let mode =
+            openapi::FieldValidation::parse(query.field_validation.as_deref(), "CreateOptions")?;
+        let warnings = openapi::validate_fields(&self.catalog, &def, raw_body, &obj, mode)?;
+        self.create_checked(scope, obj, query)
+            .await
+            .map(|r| WriteResult { warnings, ..r })
+    }
+
+    async fn create_checked(
         &self,
         scope: &Scope,
         mut obj: Value,
         query: &Query,
     ) -> ApiResult<WriteResult> {
         let def = scope.def.clone();
-        self.check_type(&def, &mut obj)?;
         let body_ns = object::namespace(&obj).to_string();
         match (&scope.namespace, def.namespaced) {
             (Some(ns), true) => {
@@ -528,14 +581,13 @@ impl Registry {
         }
         self.admit(scope, &mut obj, None)?;
         self.check_namespace(scope, object::name(&obj)).await?;
-        if let Some(shared) = &def.shared_storage {
-            obj = (shared.to_storage)(obj);
-        }
+        obj = self.to_storage(&def, obj);
         let name = object::name(&obj).to_string();
         if query.dry_run {
             return Ok(WriteResult {
                 object: self.present(&def, obj),
                 created: true,
+                warnings: Vec::new(),
             });
         }
         let key = def.key(scope.namespace.as_deref(), &name);
@@ -569,6 +621,7 @@ impl Registry {
         Ok(WriteResult {
             object: self.present(&def, obj),
             created: true,
+            warnings: Vec::new(),
         })
     }
 
@@ -578,14 +631,45 @@ impl Registry {
         scope: &Scope,
         name: &str,
         subresource: Option<Subresource>,
+        obj: Value,
+        query: &Query,
+    ) -> ApiResult<WriteResult> {
+        self.update_with_body(scope, name, subresource, obj, None, query)
+            .await
+    }
+
+    /// [`Registry::update`], given also the request body as sent (JSON), in which field
+    /// validation looks for repeated keys.
+    pub async fn update_with_body(
+        &self,
+        scope: &Scope,
+        name: &str,
+        subresource: Option<Subresource>,
         mut obj: Value,
+        raw_body: Option<&[u8]>,
         query: &Query,
     ) -> ApiResult<WriteResult> {
         let def = scope.def.clone();
         self.check_type(&def, &mut obj)?;
-        if let Some(shared) = &def.shared_storage {
-            obj = (shared.to_storage)(obj);
-        }
+        // Field validation (`fieldValidation`): see `openapi::validate_fields`.
+        let mode =
+            openapi::FieldValidation::parse(query.field_validation.as_deref(), "UpdateOptions")?;
+        let warnings = openapi::validate_fields(&self.catalog, &def, raw_body, &obj, mode)?;
+        self.update_checked(scope, name, subresource, obj, query)
+            .await
+            .map(|r| WriteResult { warnings, ..r })
+    }
+
+    async fn update_checked(
+        &self,
+        scope: &Scope,
+        name: &str,
+        subresource: Option<Subresource>,
+        mut obj: Value,
+        query: &Query,
+    ) -> ApiResult<WriteResult> {
+        let def = scope.def.clone();
+        obj = self.to_storage(&def, obj);
         let body_name = object::name(&obj).to_string();
         if !body_name.is_empty() && body_name != name {
             return Err(ApiError::bad_request(format!(
@@ -675,12 +759,14 @@ impl Registry {
                 return Ok(WriteResult {
                     object: self.present(&def, current),
                     created: false,
+                    warnings: Vec::new(),
                 });
             }
             if dry_run {
                 return Ok(WriteResult {
                     object: self.present(&def, next),
                     created: false,
+                    warnings: Vec::new(),
                 });
             }
             let finished = object::is_deleting(&next)
@@ -693,6 +779,7 @@ impl Registry {
                         Ok(WriteResult {
                             object: self.present(&def, next),
                             created: false,
+                            warnings: Vec::new(),
                         })
                     }
                     Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
@@ -714,6 +801,7 @@ impl Registry {
                     return Ok(WriteResult {
                         object: self.present(&def, next),
                         created: false,
+                        warnings: Vec::new(),
                     });
                 }
                 Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
@@ -858,18 +946,20 @@ impl Registry {
                 scale_meta.insert(field.into(), v.clone());
             }
         }
-        let selector = obj
-            .pointer("/spec/selector")
-            .map(selector_string)
-            .unwrap_or_default();
-        let _ = def;
+        let paths = scale_paths(def);
+        let selector = match &paths.label_selector {
+            // A custom resource names where its selector string lives.
+            Some(path) => obj.pointer(path).and_then(Value::as_str).unwrap_or_default().to_string(),
+            None => obj.pointer("/spec/selector").map(selector_string).unwrap_or_default(),
+        };
+        let replicas = |path: &str| obj.pointer(path).and_then(Value::as_i64).unwrap_or(0);
         json!({
             "kind": "Scale",
             "apiVersion": "autoscaling/v1",
             "metadata": scale_meta,
-            "spec": { "replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0) },
+            "spec": { "replicas": replicas(&paths.spec_replicas) },
             "status": {
-                "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+                "replicas": replicas(&paths.status_replicas),
                 "selector": selector,
             },
         })
@@ -903,7 +993,7 @@ impl Registry {
         let result = self
             .guaranteed_update(scope, name, precondition, query.dry_run, |current| {
                 let mut next = current.clone();
-                next["spec"]["replicas"] = json!(replicas);
+                set_replicas(&scope.def, &mut next, replicas);
                 Ok(next)
             })
             .await?;
@@ -917,6 +1007,33 @@ impl Registry {
             .await
             .map(|(kv, _)| kv)
             .map_err(|e| ApiError::from_store(e, "", "", ""))
+    }
+}
+
+/// Where a resource keeps its replicas: `.spec.replicas` for built-in kinds, the CRD's paths for
+/// custom resources.
+fn scale_paths(def: &ResourceDef) -> crate::crd::ScalePaths {
+    def.custom.as_ref().and_then(|c| c.scale.clone()).unwrap_or_else(|| crate::crd::ScalePaths {
+        spec_replicas: "/spec/replicas".into(),
+        status_replicas: "/status/replicas".into(),
+        label_selector: None,
+    })
+}
+
+/// Sets the desired replicas of a scalable object.
+pub(crate) fn set_replicas(def: &ResourceDef, obj: &mut Value, replicas: i64) {
+    let path = scale_paths(def).spec_replicas;
+    let mut target = obj;
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !target.is_object() {
+            *target = json!({});
+        }
+        if i == parts.len() - 1 {
+            target[*part] = json!(replicas);
+            return;
+        }
+        target = &mut target[*part];
     }
 }
 

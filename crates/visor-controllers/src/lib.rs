@@ -1,19 +1,63 @@
 //! Visor's controllers. Each is a reconciler built on `kube`'s runtime and talks to the server
 //! only through the public API, so it runs the same in-process, remotely or against a test
 //! server.
+//!
+//! - [`namespace`] empties and releases terminating namespaces;
+//! - [`gc`] is the garbage collector: it deletes dependents whose owners are gone, and carries
+//!   out foreground and orphan deletion;
+//! - [`deployment`], [`replicaset`], [`daemonset`], [`statefulset`], [`job`] and [`cronjob`]
+//!   run workloads;
+//! - [`serviceaccount`] gives every namespace its `default` ServiceAccount.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use kube::Client;
 
+pub mod cronjob;
+pub mod daemonset;
+pub mod deployment;
+pub mod gc;
+pub mod job;
 pub mod namespace;
+pub mod replicaset;
+pub mod serviceaccount;
+mod shared;
+pub mod statefulset;
 
-/// Runs every controller until `shutdown` resolves.
-pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
-    let namespaces = namespace::run(client.clone());
+/// Runs every controller until `shutdown` resolves. A controller whose watches end is logged;
+/// the others go on.
+pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'static) {
+    type Running = Pin<Box<dyn Future<Output = &'static str> + Send>>;
+    fn named(name: &'static str, f: impl Future<Output = ()> + Send + 'static) -> Running {
+        Box::pin(async move {
+            f.await;
+            name
+        })
+    }
+    let controllers: Vec<Running> = vec![
+        named("namespace", namespace::run(client.clone())),
+        named("garbage collector", gc::run(client.clone())),
+        named("deployment", deployment::run(client.clone())),
+        named("replicaset", replicaset::run(client.clone())),
+        named("daemonset", daemonset::run(client.clone())),
+        named("statefulset", statefulset::run(client.clone())),
+        named("job", job::run(client.clone())),
+        named("cronjob", cronjob::run(client.clone())),
+        named("serviceaccount", serviceaccount::run(client)),
+    ];
+    let all = async move {
+        let mut running = controllers;
+        while !running.is_empty() {
+            let (name, _, rest) = futures::future::select_all(running).await;
+            tracing::error!(controller = name, "controller stopped");
+            running = rest;
+        }
+    };
     tokio::select! {
         _ = shutdown => {}
-        _ = namespaces => tracing::error!("namespace controller stopped"),
+        _ = all => {}
     }
 }
 

@@ -166,7 +166,12 @@ fn create_and_get_in_every_output_format(backend: Backend) {
         stderr.contains(r#"configmaps "cm1" already exists"#),
         "{stderr}"
     );
-    assert!(stderr.contains("AlreadyExists"), "{stderr}");
+    let manifest = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm1\n  namespace: {ns}\n");
+    let stderr = server.fails_stdin(&["create", "--validate=false", "-f", "-"], &manifest);
+    assert!(
+        stderr.contains(r#"Error from server (AlreadyExists): error when creating "STDIN": configmaps "cm1" already exists"#),
+        "{stderr}"
+    );
 
     let stderr = server.fails(&["get", "configmap", "nope", "-n", &ns]);
     assert!(
@@ -322,7 +327,7 @@ fn all_namespaces_and_label_selectors(backend: Backend) {
     let server = TestServer::start(backend);
     namespace(&server, "sel");
     namespace(&server, "sel2");
-    server.ok_stdin(&["create", "-f", "-"], LABELLED);
+    server.ok_stdin(&["create", "--validate=false", "-f", "-"], LABELLED);
 
     let out = server.ok(&["get", "configmaps", "-A"]);
     assert_eq!(header(&out), ["NAMESPACE", "NAME", "DATA", "AGE"], "{out}");
@@ -393,7 +398,7 @@ fn field_selectors(backend: Backend) {
     let server = TestServer::start(backend);
     namespace(&server, "sel");
     namespace(&server, "sel2");
-    server.ok_stdin(&["create", "-f", "-"], LABELLED);
+    server.ok_stdin(&["create", "--validate=false", "-f", "-"], LABELLED);
 
     let get = |args: &[&str]| {
         let mut all = vec!["get"];
@@ -470,7 +475,7 @@ fn field_selectors(backend: Backend) {
     );
 
     server.ok_stdin(
-        &["create", "-f", "-"],
+        &["create", "--validate=false", "-f", "-"],
         r#"
 apiVersion: v1
 kind: List
@@ -641,7 +646,7 @@ fn watch_sees_later_changes(backend: Backend) {
 
     let mut object = server.json(&["get", "configmap", "w1", "-n", &ns]);
     object["data"]["v"] = "2".into();
-    server.ok_stdin(&["replace", "-f", "-"], &object.to_string());
+    server.ok_stdin(&["replace", "--validate=false", "-f", "-"], &object.to_string());
     let seen = watch.wait_for(timeout, |l| l.contains("w1"));
     assert!(seen.last().unwrap().starts_with("MODIFIED"), "{seen:?}");
 
@@ -663,7 +668,7 @@ fn watch_sees_later_changes(backend: Backend) {
     one.wait_for(timeout, |l| l.trim() == "2");
     let mut object = server.json(&["get", "configmap", "w1", "-n", &ns]);
     object["data"]["v"] = "3".into();
-    server.ok_stdin(&["replace", "-f", "-"], &object.to_string());
+    server.ok_stdin(&["replace", "--validate=false", "-f", "-"], &object.to_string());
     one.wait_for(timeout, |l| l.trim() == "3");
 }
 
@@ -776,12 +781,12 @@ fn conflicting_update_is_refused(backend: Backend) {
 
     let mut first = stale.clone();
     first["data"]["v"] = "2".into();
-    let out = server.ok_stdin(&["replace", "-f", "-"], &first.to_string());
+    let out = server.ok_stdin(&["replace", "--validate=false", "-f", "-"], &first.to_string());
     assert_eq!(out.trim(), "configmap/c1 replaced");
 
     let mut second = stale.clone();
     second["data"]["v"] = "3".into();
-    let stderr = server.fails_stdin(&["replace", "-f", "-"], &second.to_string());
+    let stderr = server.fails_stdin(&["replace", "--validate=false", "-f", "-"], &second.to_string());
     assert!(stderr.contains("Conflict"), "{stderr}");
     assert!(
         stderr.contains(r#"Operation cannot be fulfilled on configmaps "c1": the object has been modified; please apply your changes to the latest version and try again"#),
@@ -890,8 +895,8 @@ fn generate_name_makes_unique_names(backend: Backend) {
     let manifest = format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  generateName: job-\n  namespace: {ns}\n"
     );
-    let a = server.ok_stdin(&["create", "-f", "-"], &manifest);
-    let b = server.ok_stdin(&["create", "-f", "-"], &manifest);
+    let a = server.ok_stdin(&["create", "--validate=false", "-f", "-"], &manifest);
+    let b = server.ok_stdin(&["create", "--validate=false", "-f", "-"], &manifest);
     for out in [&a, &b] {
         let name = out
             .trim()

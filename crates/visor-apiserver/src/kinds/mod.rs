@@ -7,6 +7,7 @@
 //! rules Kubernetes itself hard-codes (namespaces, pod graceful deletion).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
@@ -223,6 +224,16 @@ pub type Defaulter = fn(&mut Value);
 /// Validates a new object (`old` is `None`) or an update. Metadata is validated generically.
 pub type Validator = fn(new: &Value, old: Option<&Value>) -> Vec<FieldError>;
 
+/// Adds a kind's schema to an OpenAPI generator and returns a reference to it; set by
+/// [`ResourceDef::typed`] so that published schemas come from the same types as decoding.
+pub type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
+
+fn subschema<T: schemars::JsonSchema>(
+    generator: &mut schemars::SchemaGenerator,
+) -> schemars::Schema {
+    generator.subschema_for::<T>()
+}
+
 /// Decodes `value` as `T` to check its JSON types, without copying it.
 pub fn decode_as<T: serde::de::DeserializeOwned>(value: &Value) -> Result<(), String> {
     T::deserialize(value).map(|_| ()).map_err(|e| e.to_string())
@@ -268,6 +279,13 @@ pub struct ResourceDef {
     pub shared_storage: Option<SharedStorage>,
     /// Served but not the preferred version of its group (discovery lists the preferred first).
     pub preferred: bool,
+    /// The kind's OpenAPI schema, from its Rust type (built-in kinds).
+    pub schema: Option<SchemaFn>,
+    /// The kind's OpenAPI v3 schema as JSON (custom resources, from their definition's
+    /// `openAPIV3Schema`). Takes precedence over `schema` when both are set.
+    pub openapi_schema: Option<Value>,
+    /// For custom resources: the structural schema, storage version and scale paths.
+    pub custom: Option<Arc<crate::crd::CustomResource>>,
 }
 
 impl ResourceDef {
@@ -293,6 +311,9 @@ impl ResourceDef {
             validator: None,
             shared_storage: None,
             preferred: true,
+            schema: None,
+            openapi_schema: None,
+            custom: None,
         }
     }
 
@@ -331,8 +352,10 @@ impl ResourceDef {
         self
     }
 
-    pub fn typed<T: serde::de::DeserializeOwned>(mut self) -> Self {
+    /// The kind's Rust type: decoding checks and the published OpenAPI schema both use it.
+    pub fn typed<T: serde::de::DeserializeOwned + schemars::JsonSchema>(mut self) -> Self {
         self.decode_check = Some(decode_as::<T>);
+        self.schema = Some(subschema::<T>);
         self
     }
 
@@ -416,18 +439,28 @@ pub type GroupVersion = (String, Vec<Arc<ResourceDef>>);
 #[derive(Default)]
 pub struct Catalog {
     defs: RwLock<Vec<Arc<ResourceDef>>>,
+    /// Moves on every change, so derived data (the OpenAPI documents) knows when to rebuild.
+    generation: AtomicU64,
+    /// The OpenAPI documents derived from this catalog, built on first request.
+    pub openapi: crate::openapi::Cache,
 }
 
 impl Catalog {
     pub fn new(defs: Vec<ResourceDef>) -> Self {
         Catalog {
             defs: RwLock::new(defs.into_iter().map(Arc::new).collect()),
+            ..Catalog::default()
         }
     }
 
     /// The built-in Kubernetes kinds.
     pub fn builtin() -> Self {
         Catalog::new(builtin::resources())
+    }
+
+    /// A counter that changes whenever a resource is added, replaced or removed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn all(&self) -> Vec<Arc<ResourceDef>> {
@@ -508,6 +541,7 @@ impl Catalog {
             !(d.group == def.group && d.version == def.version && d.plural == def.plural)
         });
         defs.push(Arc::new(def));
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Removes every version of a resource.
@@ -516,5 +550,6 @@ impl Catalog {
             .write()
             .expect("catalog lock")
             .retain(|d| !(d.group == group && d.plural == plural));
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }

@@ -416,6 +416,8 @@ impl TestServer {
             .unwrap();
         let kubeconfig = self.kubeconfig();
         let body = body.into();
+        let size = body.len();
+        let what = format!("{method} {path} ({size} bytes, {content_type})");
         runtime.block_on(async move {
             let client = ApiClient::from_kubeconfig(&kubeconfig).await.unwrap();
             let mut conn = client.connect().await.unwrap();
@@ -423,8 +425,8 @@ impl TestServer {
             let response =
                 tokio::time::timeout(Duration::from_secs(30), conn.send_request(request))
                     .await
-                    .expect("the server did not answer within 30 s")
-                    .expect("sending a request");
+                    .unwrap_or_else(|_| panic!("{what}: no answer within 30 s"))
+                    .unwrap_or_else(|e| panic!("{what}: no response: {e:#}"));
             (response.status, response.text())
         })
     }
