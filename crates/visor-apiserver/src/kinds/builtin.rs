@@ -244,6 +244,7 @@ pub fn resources() -> Vec<ResourceDef> {
         .subresources(&[Status])
         .generation()
         .typed::<apiextensions::CustomResourceDefinition>()
+        .validator(crate::crd::validate)
         .columns(printers::customresourcedefinition()),
     ]
 }

@@ -34,7 +34,9 @@ use crate::handler::Body;
 use crate::kinds::{Catalog, FieldError, ResourceDef, Subresource};
 
 const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
-/// The same media type as older clients spell it.
+/// The same media type spelled without `@`, which is not valid in a media type: the form
+/// upstream answers with, because client-go rejects a response whose Content-Type does
+/// not parse.
 const V2_PROTOBUF_OLD: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
 /// The Kubernetes API level the documents describe, as `/version` reports it.
 const API_LEVEL: &str = "v1.32.0";
@@ -293,6 +295,18 @@ impl Definitions {
                 gvks.entry(format!("{META}.{kind}"))
                     .or_default()
                     .push(gvk(group, version, kind));
+            }
+        }
+        for (_, name) in &roots {
+            // k8s-openapi marks `metadata` required because its Rust field is not optional;
+            // upstream's schemas do not (kubectl explain shows it as `-required-` otherwise).
+            if let Some(schema) = schemas.get_mut(name).and_then(Value::as_object_mut)
+                && let Some(required) = schema.get_mut("required").and_then(Value::as_array_mut)
+            {
+                required.retain(|r| r != "metadata");
+                if required.is_empty() {
+                    schema.remove("required");
+                }
             }
         }
         for (name, list) in gvks {
@@ -1020,7 +1034,7 @@ pub fn serve(
     if path == "/openapi/v2" {
         if wants(V2_PROTOBUF) || wants(V2_PROTOBUF_OLD) {
             let doc = cache.v2_proto(catalog);
-            return Ok(document_response(headers, &doc, V2_PROTOBUF, false));
+            return Ok(document_response(headers, &doc, V2_PROTOBUF_OLD, false));
         }
         let doc = cache.v2_json(catalog);
         return Ok(document_response(headers, &doc, "application/json", false));
