@@ -11,18 +11,6 @@ use serde_json::{Value, json};
 
 use crate::kinds::{Catalog, ResourceDef};
 
-/// The verbs of a resource's main endpoint.
-const VERBS: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
-
 pub fn legacy_versions(server_address: &str) -> Value {
     json!({
         "kind": "APIVersions",
@@ -73,7 +61,7 @@ pub fn resource_list(catalog: &Catalog, group: &str, version: &str) -> Option<Va
             "singularName": def.singular,
             "namespaced": def.namespaced,
             "kind": def.kind,
-            "verbs": VERBS,
+            "verbs": def.verbs,
         });
         if !def.short_names.is_empty() {
             entry["shortNames"] = json!(def.short_names);
@@ -116,7 +104,7 @@ fn aggregated_resource(def: &ResourceDef) -> Value {
         "responseKind": { "group": def.group, "version": def.version, "kind": def.kind },
         "scope": if def.namespaced { "Namespaced" } else { "Cluster" },
         "singularResource": def.singular,
-        "verbs": VERBS,
+        "verbs": def.verbs,
     });
     if !def.short_names.is_empty() {
         entry["shortNames"] = json!(def.short_names);

@@ -40,6 +40,8 @@ pub struct Handler {
     pub info: ServerInfo,
     pub health:
         Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>,
+    /// RBAC decisions (`rbac/`).
+    pub authorizer: Arc<crate::rbac::Authorizer>,
 }
 
 /// The response format a client asked for.
@@ -180,9 +182,12 @@ impl Handler {
             (&Method::GET, "/version") => return Ok(encode(200, Format::Json, &version())),
             _ => {}
         }
-        if identity.is_none() {
+        let Some(identity) = identity else {
             return Err(ApiError::unauthorized());
-        }
+        };
+        // RBAC: impersonation, then authorisation of this request (403 when denied). The
+        // requester rides along for admission and access reviews (see `rbac::Requester`).
+        let requester = crate::rbac::admit(&self.authorizer, identity, &request)?;
         if crate::openapi::is_openapi_path(&path) {
             return crate::openapi::serve(
                 &self.registry.catalog,
@@ -192,7 +197,12 @@ impl Handler {
                 request.headers(),
             );
         }
-        let query = Query::parse(request.uri().query())?;
+        let mut query = Query::parse(request.uri().query())?;
+        query.user_agent = request
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let include =
             IncludeObject::parse(query.include_object.as_deref()).map_err(ApiError::bad_request)?;
         let accept = request
@@ -216,7 +226,10 @@ impl Handler {
                 }
                 self.discovery(target, format)
             }
-            Target::Resource(resource) => self.resource(request, resource, query, format).await,
+            Target::Resource(resource) => {
+                let serving = self.resource(request, resource, query, format);
+                requester.scope(serving).await
+            }
         }
     }
 
@@ -323,6 +336,19 @@ impl Handler {
         let name = path.name.clone();
         if path.legacy_watch && (method != Method::GET || name.is_some()) {
             return Err(ApiError::no_route());
+        }
+        if let Some(answer) = def.virtual_create {
+            // Create-only resources (access reviews): answered, never stored.
+            if method != Method::POST || name.is_some() || subresource.is_some() {
+                return Err(ApiError::method_not_allowed(format!(
+                    "the server does not allow this method on the requested resource ({method} {})",
+                    def.plural
+                )));
+            }
+            let body = read_body(request).await?;
+            let obj = decode_body(&body, &content_type)?;
+            let answered = answer(scope.namespace.as_deref(), obj)?;
+            return self.value_response(201, &def, answered, format);
         }
         match (method, name, subresource) {
             (Method::GET, None, None) if query.watch || path.legacy_watch => {

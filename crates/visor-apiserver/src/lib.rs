@@ -27,10 +27,12 @@ pub mod openapi;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;
+pub mod rbac;
 pub mod registry;
 pub mod request;
 pub mod selectors;
 pub mod server;
+pub mod ssa;
 pub mod strategic;
 pub mod table;
 pub mod watch;
@@ -61,6 +63,8 @@ pub struct RunningServer {
     serving: tokio::task::JoinHandle<()>,
     compactor: tokio::task::JoinHandle<()>,
     crds: tokio::task::JoinHandle<()>,
+    /// RBAC's index follower and ClusterRole aggregation.
+    rbac: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -69,6 +73,7 @@ impl RunningServer {
         let _ = self.shutdown.send(true);
         self.compactor.abort();
         self.crds.abort();
+        self.rbac.iter().for_each(|task| task.abort());
         self.serving.await.context("server task failed")?;
         Ok(())
     }
@@ -96,6 +101,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     // Serve the custom resources that already exist before reporting ready, then follow changes.
     crd::serve_existing(&registry).await;
     let crds = tokio::spawn(crd::run(registry.clone()));
+    // The default policy exists and the authorizer's index is filled before serving.
+    let (authorizer, rbac) = rbac::start(&registry).await.context("starting RBAC")?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -106,7 +113,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let handler = Arc::new(Handler {
         registry: registry.clone(),
         info: ServerInfo {
-            address: server::advertised(local_addr),
+            address: local_addr.to_string(),
         },
         health: Arc::new(move || {
             let store = store.clone();
@@ -118,6 +125,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
                     .map_err(|e| e.to_string())
             })
         }),
+        authorizer,
     });
     let (shutdown, shutdown_rx) = signal::channel(false);
     let serving = tokio::spawn(server::serve(listener, tls, handler, shutdown_rx));
@@ -130,6 +138,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         serving,
         compactor,
         crds,
+        rbac,
     })
 }
 

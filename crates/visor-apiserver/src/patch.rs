@@ -232,14 +232,14 @@ mod tests {
             CM,
         )
         .unwrap();
-        assert_eq!(patched["metadata"]["finalizers"], json!(["x", "y"]));
+        assert_eq!(patched["metadata"]["finalizers"], json!(["y", "x"]));
         let err =
             apply_patch(PatchType::Strategic, &current, &json!({"$patch": "x"}), CM).unwrap_err();
         assert_eq!((err.code, err.reason), (400, "BadRequest"));
         let err = apply_patch(
             PatchType::Strategic,
             &current,
-            &json!({"metadata": {"finalizers": [["y"]]}}),
+            &json!({"metadata": {"$retainKeys": ["finalizers"], "name": "a"}}),
             CM,
         )
         .unwrap_err();

@@ -15,13 +15,14 @@ use base64::Engine;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use visor_store::cache::WatchCache;
-use visor_store::{DynStore, KeyValue, RangeRequest, Revision, StoreError};
+use visor_store::{DynStore, RangeRequest, Revision, StoreError};
 
 use crate::errors::{ApiError, ApiResult, qualified};
 use crate::kinds::{Catalog, FieldError, ResourceDef, Subresource, validation};
 use crate::object::{self, CachedObject, meta, meta_mut};
 use crate::openapi;
 use crate::request::Query;
+use crate::ssa;
 use crate::selectors::{FieldSelector, LabelSelector, parse_field_selector, parse_label_selector};
 
 /// How long a read waits for the watch cache to catch up before giving up.
@@ -468,16 +469,18 @@ impl Registry {
             custom.schema.apply_defaults(obj);
         }
         let mut errors = match meta(obj) {
-            Some(_) => validation::validate_object_meta(
+            Some(_) => validation::validate_object_meta_with(
                 &obj["metadata"],
                 def.namespaced,
-                def.name_is_label,
+                def.name_rule(),
             ),
             None => vec![FieldError::required("metadata", "")],
         };
         if let Some(validator) = def.validator {
             errors.extend(validator(obj, old));
         }
+        // RBAC escalation prevention for roles and bindings (no-op for other kinds).
+        crate::rbac::escalation::check(scope, obj, old)?;
         if let Some(custom) = &def.custom {
             errors.extend(custom.schema.validate(obj));
         }
@@ -581,6 +584,14 @@ impl Registry {
         }
         self.admit(scope, &mut obj, None)?;
         self.check_namespace(scope, object::name(&obj)).await?;
+        if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("managedFields");
+        }
+        let manager = query.manager();
+        let api_version = def.api_version();
+        let now = object::now_rfc3339();
+        let ctx = ssa::WriteContext { manager: &manager, api_version: &api_version, subresource: "", now: &now };
+        ssa::track_update(None, &mut obj, &ctx, ssa::types::for_resource(&def).as_ref());
         obj = self.to_storage(&def, obj);
         let name = object::name(&obj).to_string();
         if query.dry_run {
@@ -689,7 +700,8 @@ impl Registry {
             .map(parse_revision)
             .transpose()?;
         let new = obj;
-        self.guaranteed_update(scope, name, precondition, query.dry_run, move |current| {
+        let writer = Writer::new(query, subresource);
+        self.guaranteed_update_by(scope, name, precondition, query.dry_run, Some(&writer), move |current| {
             let mut next = new.clone();
             merge_for_update(&def, subresource, current, &mut next);
             Ok(next)
@@ -714,6 +726,24 @@ impl Registry {
     where
         F: Fn(&Value) -> ApiResult<Value>,
     {
+        self.guaranteed_update_by(scope, name, precondition, dry_run, None, mutate).await
+    }
+
+    /// [`Registry::guaranteed_update`] on behalf of a field manager, whose changes are
+    /// recorded in `managedFields`. Without one, the object's `managedFields` are left as the
+    /// mutation returns them (server-internal writes, and applies, which set them themselves).
+    pub async fn guaranteed_update_by<F>(
+        &self,
+        scope: &Scope,
+        name: &str,
+        precondition: Option<Revision>,
+        dry_run: bool,
+        writer: Option<&Writer>,
+        mutate: F,
+    ) -> ApiResult<WriteResult>
+    where
+        F: Fn(&Value) -> ApiResult<Value>,
+    {
         let def = scope.def.clone();
         let key = def.key(scope.namespace.as_deref(), name);
         for _ in 0..UPDATE_RETRIES {
@@ -730,6 +760,9 @@ impl Registry {
             let mut next = mutate(&current)?;
             meta_mut(&mut next).insert("resourceVersion".into(), json!(revision.to_string()));
             self.admit(scope, &mut next, Some(&current))?;
+            if let Some(writer) = writer {
+                writer.track(&def, &current, &mut next);
+            }
             if def.tracks_generation && spec_changed(&current, &next) {
                 let generation = meta(&current)
                     .and_then(|m| m.get("generation"))
@@ -991,22 +1024,13 @@ impl Registry {
             .map(parse_revision)
             .transpose()?;
         let result = self
-            .guaranteed_update(scope, name, precondition, query.dry_run, |current| {
+            .guaranteed_update_by(scope, name, precondition, query.dry_run, Some(&Writer::new(query, Some(Subresource::Scale))), |current| {
                 let mut next = current.clone();
                 set_replicas(&scope.def, &mut next, replicas);
                 Ok(next)
             })
             .await?;
         Ok(self.scale_of(&scope.def, &result.object))
-    }
-
-    /// Looks up an object's stored key-value directly (used by the namespace controller path).
-    pub async fn raw(&self, key: &str) -> ApiResult<Option<KeyValue>> {
-        self.store
-            .get(key, None)
-            .await
-            .map(|(kv, _)| kv)
-            .map_err(|e| ApiError::from_store(e, "", "", ""))
     }
 }
 
@@ -1034,6 +1058,43 @@ pub(crate) fn set_replicas(def: &ResourceDef, obj: &mut Value, replicas: i64) {
             return;
         }
         target = &mut target[*part];
+    }
+}
+
+/// Who makes a write, for field ownership: the manager and the subresource written through.
+pub struct Writer {
+    pub manager: String,
+    pub subresource: &'static str,
+}
+
+impl Writer {
+    pub fn new(query: &Query, subresource: Option<Subresource>) -> Self {
+        let subresource = match subresource {
+            Some(Subresource::Status) => "status",
+            Some(Subresource::Scale) => "scale",
+            _ => "",
+        };
+        Writer { manager: query.manager(), subresource }
+    }
+
+    /// Records in `next` the fields this write changed relative to `current`.
+    fn track(&self, def: &ResourceDef, current: &Value, next: &mut Value) {
+        // A body without managedFields keeps the current ones; an empty list resets them.
+        let keep = current.pointer("/metadata/managedFields").cloned();
+        let m = meta_mut(next);
+        match (m.get("managedFields"), keep) {
+            (None, Some(current_fields)) => {
+                m.insert("managedFields".into(), current_fields);
+            }
+            (Some(Value::Array(a)), _) if a.is_empty() => {
+                m.remove("managedFields");
+            }
+            _ => {}
+        }
+        let api_version = def.api_version();
+        let now = object::now_rfc3339();
+        let ctx = ssa::WriteContext { manager: &self.manager, api_version: &api_version, subresource: self.subresource, now: &now };
+        ssa::track_update(Some(current), next, &ctx, ssa::types::for_resource(def).as_ref());
     }
 }
 

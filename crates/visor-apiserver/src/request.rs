@@ -135,6 +135,10 @@ pub struct Query {
     pub grace_period_seconds: Option<i64>,
     pub include_object: Option<String>,
     pub pretty: bool,
+    /// `force` on an apply: take over fields other managers own.
+    pub force: bool,
+    /// The client's User-Agent, from which a field manager is named when none is given.
+    pub user_agent: Option<String>,
     /// Every parameter, for subresources with parameters of their own (logs, exec).
     pub raw: Vec<(String, String)>,
 }
@@ -199,11 +203,20 @@ impl Query {
                 "gracePeriodSeconds" => q.grace_period_seconds = Some(parse_number(&key, &value)?),
                 "includeObject" => q.include_object = Some(value.clone()),
                 "pretty" => q.pretty = parse_bool(&key, &value)?,
+                "force" => q.force = parse_bool(&key, &value)?,
                 _ => {}
             }
             q.raw.push((key, value));
         }
         Ok(q)
+    }
+
+    /// The field manager a write is made as: `fieldManager`, else from the User-Agent.
+    pub fn manager(&self) -> String {
+        match self.field_manager.as_deref().filter(|m| !m.is_empty()) {
+            Some(m) => m.to_string(),
+            None => crate::ssa::manager_from_user_agent(self.user_agent.as_deref()),
+        }
     }
 
     /// The first value of a parameter by name.

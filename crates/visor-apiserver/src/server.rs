@@ -1,7 +1,6 @@
 //! The listening side: TLS, HTTP/1.1 and HTTP/2 on one port, and graceful shutdown.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,7 +91,3 @@ pub async fn serve(
     }
 }
 
-/// The address to advertise in discovery for clients.
-pub fn advertised(addr: SocketAddr) -> String {
-    addr.to_string()
-}

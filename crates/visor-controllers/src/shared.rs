@@ -9,10 +9,11 @@
 //! - Objects carry `metadata.uid` and `metadata.name` once the server has stored them; an object
 //!   without them is skipped rather than trusted.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource, Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, ObjectMeta, OwnerReference, Time,
 };
@@ -20,7 +21,6 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -37,12 +37,11 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client) -> Arc<Context> {
-        let recorder = Recorder::new(client.clone(), Reporter::from(MANAGER));
+        let recorder = Recorder::new(client.clone());
         Arc::new(Context { client, recorder })
     }
 
-    /// Records an event about `object`. An event is for people, not for correctness: failing to
-    /// write one is logged and otherwise ignored, so that it never fails a reconcile.
+    /// Records an event about `object` (see [`Recorder::record`]).
     pub async fn event<K: Resource<DynamicType = ()>>(
         &self,
         object: &K,
@@ -50,19 +49,114 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
+        self.recorder.record(object, warning, reason, note).await;
+    }
+}
+
+/// Writes core/v1 Events, reported by [`MANAGER`].
+///
+/// `kube`'s own recorder folds every event with the same reason about the same object into
+/// one series that keeps the first note, so "Created pod: a", "Created pod: b" would show as
+/// one event. People read these notes, so here, as in upstream's recorder, the note is part of
+/// what makes two events the same: a repeat of the very same event raises its `count` and
+/// `lastTimestamp`; a different note is a new event.
+///
+/// An event is for people, not for correctness: failing to write one is logged and otherwise
+/// ignored, so that it never fails a reconcile.
+pub struct Recorder {
+    client: Client,
+    /// (namespace, object uid, type, reason, note) → (event name, count, when last written).
+    seen: Mutex<HashMap<EventKey, (String, i32, Instant)>>,
+}
+
+type EventKey = (String, String, &'static str, String, String);
+
+/// How long a written event may be counted up rather than written anew (upstream's
+/// aggregation window).
+const EVENT_WINDOW: Duration = Duration::from_secs(600);
+
+impl Recorder {
+    pub fn new(client: Client) -> Recorder {
+        Recorder {
+            client,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn record<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let reference = object.object_ref(&());
+        // Events about cluster-scoped objects live in `default`, as upstream's do.
+        let namespace = reference
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let type_ = if warning { "Warning" } else { "Normal" };
+        let key: EventKey = (
+            namespace.clone(),
+            reference.uid.clone().unwrap_or_default(),
+            type_,
+            reason.to_string(),
+            note.clone(),
+        );
+        let api: Api<CoreEvent> = Api::namespaced(self.client.clone(), &namespace);
+        let now = now();
+        let repeat = self.seen.lock().ok().and_then(|mut seen| {
+            seen.retain(|_, (_, _, at)| at.elapsed() < EVENT_WINDOW);
+            seen.get(&key)
+                .map(|(name, count, _)| (name.clone(), *count))
+        });
+        if let Some((name, count)) = repeat {
+            let patch = serde_json::json!({ "count": count + 1, "lastTimestamp": now });
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    if let Ok(mut seen) = self.seen.lock() {
+                        seen.insert(key, (name, count + 1, Instant::now()));
+                    }
+                    return;
+                }
+                // Gone (events expire): write it afresh below.
+                Err(error) => tracing::debug!(%error, reason, "counting up an event"),
+            }
+        }
+        let base = reference.name.clone().unwrap_or_else(|| MANAGER.into());
+        let name = format!("{base}.{:x}", Timestamp::now().as_nanosecond());
+        let event = CoreEvent {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(namespace),
+                ..ObjectMeta::default()
             },
-            reason: reason.into(),
-            note: Some(note),
-            action: reason.into(),
-            secondary: None,
+            involved_object: reference,
+            type_: Some(type_.into()),
+            reason: Some(reason.into()),
+            message: Some(note),
+            source: Some(EventSource {
+                component: Some(MANAGER.into()),
+                host: None,
+            }),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            reporting_component: Some(MANAGER.into()),
+            reporting_instance: Some(MANAGER.into()),
+            ..CoreEvent::default()
         };
-        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
-            tracing::debug!(%error, reason, "recording an event");
+        match api.create(&kube::api::PostParams::default(), &event).await {
+            Ok(_) => {
+                if let Ok(mut seen) = self.seen.lock() {
+                    seen.insert(key, (name, 1, Instant::now()));
+                }
+            }
+            Err(error) => tracing::debug!(%error, reason, "recording an event"),
         }
     }
 }
@@ -203,7 +297,9 @@ pub fn fnv32a(bytes: &[u8]) -> u32 {
 pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut bytes = serde_json::to_vec(template).unwrap_or_default();
-    if let Some(count) = collision_count {
+    // No collisions and a zero count name the same template: a status that gains
+    // `collisionCount: 0` must not change the hash (and so make every pod look outdated).
+    if let Some(count) = collision_count.filter(|c| *c != 0) {
         bytes.extend_from_slice(&count.to_le_bytes());
     }
     fnv32a(&bytes)
@@ -336,6 +432,7 @@ mod tests {
         let a = template_hash(&template, None);
         assert_eq!(a, template_hash(&template, None));
         assert_ne!(a, template_hash(&template, Some(1)));
+        assert_eq!(a, template_hash(&template, Some(0)));
         assert!(
             a.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())

@@ -16,10 +16,17 @@ pub async fn spawn(url: &str, pki: &Pki) -> anyhow::Result<tokio::task::JoinHand
         .context("issuing the controllers' certificate")?;
     let yaml = serde_saphyr::to_string(&Kubeconfig::admin(url, pki.ca_pem(), &cert, &key))
         .context("encoding the controllers' kubeconfig")?;
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).context("reading the controllers' kubeconfig")?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-        .await
-        .context("configuring the controllers' client")?;
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml)
+        .context("reading the controllers' kubeconfig")?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .context("configuring the controllers' client")?;
     let client = kube::Client::try_from(config).context("building the controllers' client")?;
-    Ok(tokio::spawn(visor_controllers::run(client, std::future::pending())))
+    Ok(tokio::spawn(visor_controllers::run(
+        client,
+        std::future::pending(),
+    )))
 }

@@ -140,7 +140,8 @@ impl Kubeconfig {
         // grep/sed) expect `key: value` on one line rather than folded blocks.
         let mut options = serde_saphyr::SerializerOptions::default();
         options.prefer_block_scalars = false;
-        let yaml = serde_saphyr::to_string_with_options(self, options).context("serializing a kubeconfig")?;
+        let yaml = serde_saphyr::to_string_with_options(self, options)
+            .context("serializing a kubeconfig")?;
         let dir = path
             .parent()
             .context("a kubeconfig path without a directory")?;

@@ -203,10 +203,7 @@ fn kubectl_reports_bad_input(backend: Backend) {
     );
 
     let stderr = server.fails(&["create", "namespace", "Bad"]);
-    assert!(
-        stderr.contains(r#"Namespace "Bad" is invalid"#),
-        "{stderr}"
-    );
+    assert!(stderr.contains(r#"Namespace "Bad" is invalid"#), "{stderr}");
 
     let stderr = server.fails_stdin(
         &["apply", "--validate=false", "-f", "-"],

@@ -207,6 +207,31 @@ fn deployment_rolls_out_updates_rolls_back_and_scales() {
     }
     let out = server.ok(&["get", "pods", "-n", &ns]);
     assert_eq!(table(&out).len(), 4, "{out}");
+    // One event per pod created, each naming its pod, as `kubectl describe rs` shows them.
+    let created: Vec<String> = eventually("3 SuccessfulCreate events", SETTLE, || {
+        let list = server.json(&["get", "events", "-n", &ns]);
+        let notes: Vec<String> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| {
+                e["reason"] == "SuccessfulCreate" && e["involvedObject"]["name"] == rs_name.as_str()
+            })
+            .filter_map(|e| e["message"].as_str().map(String::from))
+            .collect();
+        (notes.len() == 3).then_some(notes)
+    });
+    for pod in &pod_list {
+        assert!(
+            created.contains(&format!("Created pod: {}", name(pod))),
+            "{created:?}"
+        );
+    }
+    let described = server.ok(&["describe", "rs", &rs_name, "-n", &ns]);
+    assert!(
+        described.contains("visor-controller-manager"),
+        "{described}"
+    );
 
     // Not ready yet: rollout status would wait. Make them ready and it succeeds.
     let d = deployment_status(&server, &ns);
@@ -623,6 +648,44 @@ spec:
         out.contains("roll out complete") || out.contains("rolling update complete"),
         "{out}"
     );
+
+    // A new template replaces the pods one at a time, from the highest ordinal down, each
+    // only once the ones above it are ready again.
+    let patch =
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"db","image":"postgres:17"}]}}}}"#;
+    server.ok(&["patch", "sts", "db", "-n", &ns, "--type=merge", "-p", patch]);
+    let mut replaced: Vec<String> = Vec::new();
+    eventually("the rolling update to finish", SETTLE, || {
+        let sts = server.json(&["get", "sts", "db", "-n", &ns]);
+        let update = sts["status"]["updateRevision"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let live = pods(&server, &ns, "app=db");
+        let not_ready: Vec<Value> = live.iter().filter(|p| !is_ready(p)).cloned().collect();
+        assert!(
+            not_ready.len() <= 1,
+            "more than one pod down at once: {not_ready:?}"
+        );
+        for pod in &not_ready {
+            assert_eq!(
+                pod["metadata"]["labels"]["controller-revision-hash"],
+                update.as_str()
+            );
+            if !replaced.contains(&name(pod)) {
+                replaced.push(name(pod));
+            }
+            mark_ready(&server, &ns, &name(pod));
+        }
+        let s = &sts["status"];
+        (s["currentRevision"] == s["updateRevision"]
+            && s["updatedReplicas"] == 3
+            && s["readyReplicas"] == 3
+            && s["observedGeneration"] == sts["metadata"]["generation"])
+            .then_some(())
+    });
+    assert_eq!(replaced, ["db-2", "db-1", "db-0"]);
+    server.ok(&["rollout", "status", "sts/db", "-n", &ns, "--timeout=20s"]);
 
     // Scaling down removes the highest ordinal first.
     server.ok(&["scale", "sts", "db", "-n", &ns, "--replicas=1"]);

@@ -166,7 +166,8 @@ fn create_and_get_in_every_output_format(backend: Backend) {
         stderr.contains(r#"configmaps "cm1" already exists"#),
         "{stderr}"
     );
-    let manifest = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm1\n  namespace: {ns}\n");
+    let manifest =
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm1\n  namespace: {ns}\n");
     let stderr = server.fails_stdin(&["create", "--validate=false", "-f", "-"], &manifest);
     assert!(
         stderr.contains(r#"Error from server (AlreadyExists): error when creating "STDIN": configmaps "cm1" already exists"#),
@@ -646,7 +647,10 @@ fn watch_sees_later_changes(backend: Backend) {
 
     let mut object = server.json(&["get", "configmap", "w1", "-n", &ns]);
     object["data"]["v"] = "2".into();
-    server.ok_stdin(&["replace", "--validate=false", "-f", "-"], &object.to_string());
+    server.ok_stdin(
+        &["replace", "--validate=false", "-f", "-"],
+        &object.to_string(),
+    );
     let seen = watch.wait_for(timeout, |l| l.contains("w1"));
     assert!(seen.last().unwrap().starts_with("MODIFIED"), "{seen:?}");
 
@@ -668,7 +672,10 @@ fn watch_sees_later_changes(backend: Backend) {
     one.wait_for(timeout, |l| l.trim() == "2");
     let mut object = server.json(&["get", "configmap", "w1", "-n", &ns]);
     object["data"]["v"] = "3".into();
-    server.ok_stdin(&["replace", "--validate=false", "-f", "-"], &object.to_string());
+    server.ok_stdin(
+        &["replace", "--validate=false", "-f", "-"],
+        &object.to_string(),
+    );
     one.wait_for(timeout, |l| l.trim() == "3");
 }
 
@@ -781,12 +788,18 @@ fn conflicting_update_is_refused(backend: Backend) {
 
     let mut first = stale.clone();
     first["data"]["v"] = "2".into();
-    let out = server.ok_stdin(&["replace", "--validate=false", "-f", "-"], &first.to_string());
+    let out = server.ok_stdin(
+        &["replace", "--validate=false", "-f", "-"],
+        &first.to_string(),
+    );
     assert_eq!(out.trim(), "configmap/c1 replaced");
 
     let mut second = stale.clone();
     second["data"]["v"] = "3".into();
-    let stderr = server.fails_stdin(&["replace", "--validate=false", "-f", "-"], &second.to_string());
+    let stderr = server.fails_stdin(
+        &["replace", "--validate=false", "-f", "-"],
+        &second.to_string(),
+    );
     assert!(stderr.contains("Conflict"), "{stderr}");
     assert!(
         stderr.contains(r#"Operation cannot be fulfilled on configmaps "c1": the object has been modified; please apply your changes to the latest version and try again"#),

@@ -1,6 +1,8 @@
 //! The built-in Kubernetes kinds Visor serves, one entry each.
 
-use k8s_openapi::api::{apps, batch, coordination, core, events, rbac, storage};
+use k8s_openapi::api::{
+    apps, authentication, authorization, batch, coordination, core, events, rbac, storage,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
 
 use super::{ResourceDef, SharedStorage, Subresource::*, defaults, printers, validation};
@@ -208,6 +210,7 @@ pub fn resources() -> Vec<ResourceDef> {
             "clusterroles",
             false,
         )
+        .path_segment_names()
         .typed::<rbac::v1::ClusterRole>()
         .columns(printers::clusterrole()),
         ResourceDef::new(
@@ -217,10 +220,12 @@ pub fn resources() -> Vec<ResourceDef> {
             "clusterrolebindings",
             false,
         )
+        .path_segment_names()
         .typed::<rbac::v1::ClusterRoleBinding>()
         .columns(printers::clusterrolebinding()),
         ResourceDef::new("rbac.authorization.k8s.io", "v1", "Role", "roles", true)
-            .typed::<rbac::v1::Role>()
+            .path_segment_names()
+        .typed::<rbac::v1::Role>()
             .columns(printers::role()),
         ResourceDef::new(
             "rbac.authorization.k8s.io",
@@ -229,8 +234,55 @@ pub fn resources() -> Vec<ResourceDef> {
             "rolebindings",
             true,
         )
+        .path_segment_names()
         .typed::<rbac::v1::RoleBinding>()
         .columns(printers::rolebinding()),
+        // authentication.k8s.io/v1 and authorization.k8s.io/v1: answered, never stored.
+        ResourceDef::new(
+            "authentication.k8s.io",
+            "v1",
+            "SelfSubjectReview",
+            "selfsubjectreviews",
+            false,
+        )
+        .typed::<authentication::v1::SelfSubjectReview>()
+        .virtual_create(crate::rbac::review::self_subject_review),
+        ResourceDef::new(
+            "authorization.k8s.io",
+            "v1",
+            "LocalSubjectAccessReview",
+            "localsubjectaccessreviews",
+            true,
+        )
+        .typed::<authorization::v1::LocalSubjectAccessReview>()
+        .virtual_create(crate::rbac::review::local_subject_access_review),
+        ResourceDef::new(
+            "authorization.k8s.io",
+            "v1",
+            "SelfSubjectAccessReview",
+            "selfsubjectaccessreviews",
+            false,
+        )
+        .typed::<authorization::v1::SelfSubjectAccessReview>()
+        .virtual_create(crate::rbac::review::self_subject_access_review),
+        ResourceDef::new(
+            "authorization.k8s.io",
+            "v1",
+            "SelfSubjectRulesReview",
+            "selfsubjectrulesreviews",
+            false,
+        )
+        .typed::<authorization::v1::SelfSubjectRulesReview>()
+        .virtual_create(crate::rbac::review::self_subject_rules_review),
+        ResourceDef::new(
+            "authorization.k8s.io",
+            "v1",
+            "SubjectAccessReview",
+            "subjectaccessreviews",
+            false,
+        )
+        .typed::<authorization::v1::SubjectAccessReview>()
+        .virtual_create(crate::rbac::review::subject_access_review),
         // apiextensions.k8s.io/v1
         ResourceDef::new(
             "apiextensions.k8s.io",

@@ -224,6 +224,22 @@ pub type Defaulter = fn(&mut Value);
 /// Validates a new object (`old` is `None`) or an update. Metadata is validated generically.
 pub type Validator = fn(new: &Value, old: Option<&Value>) -> Vec<FieldError>;
 
+/// Answers a create of a resource that is never stored (access reviews): given the request's
+/// namespace and the decoded body, returns the object to send back.
+pub type VirtualCreate = fn(namespace: Option<&str>, body: Value) -> crate::errors::ApiResult<Value>;
+
+/// The verbs of an ordinary resource's main endpoint, as discovery lists them.
+pub const ALL_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
 /// Adds a kind's schema to an OpenAPI generator and returns a reference to it; set by
 /// [`ResourceDef::typed`] so that published schemas come from the same types as decoding.
 pub type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
@@ -273,6 +289,8 @@ pub struct ResourceDef {
     pub tracks_generation: bool,
     /// Whether names must be DNS-1123 labels (namespaces, services) rather than subdomains.
     pub name_is_label: bool,
+    /// Whether any URL path segment is a valid name (RBAC kinds: `system:discovery`).
+    pub path_segment_names: bool,
     pub decode_check: Option<DecodeCheck>,
     pub defaulter: Option<Defaulter>,
     pub validator: Option<Validator>,
@@ -286,6 +304,10 @@ pub struct ResourceDef {
     pub openapi_schema: Option<Value>,
     /// For custom resources: the structural schema, storage version and scale paths.
     pub custom: Option<Arc<crate::crd::CustomResource>>,
+    /// The verbs the main endpoint serves (discovery lists these); [`ALL_VERBS`] by default.
+    pub verbs: &'static [&'static str],
+    /// Set for create-only resources that are answered rather than stored.
+    pub virtual_create: Option<VirtualCreate>,
 }
 
 impl ResourceDef {
@@ -306,6 +328,7 @@ impl ResourceDef {
             selectable_fields: Vec::new(),
             tracks_generation: false,
             name_is_label: false,
+            path_segment_names: false,
             decode_check: None,
             defaulter: None,
             validator: None,
@@ -314,6 +337,8 @@ impl ResourceDef {
             schema: None,
             openapi_schema: None,
             custom: None,
+            verbs: ALL_VERBS,
+            virtual_create: None,
         }
     }
 
@@ -371,6 +396,30 @@ impl ResourceDef {
 
     pub fn shared_storage(mut self, storage: SharedStorage) -> Self {
         self.shared_storage = Some(storage);
+        self
+    }
+
+    /// Names are checked only as URL path segments, as upstream does for RBAC kinds.
+    pub fn path_segment_names(mut self) -> Self {
+        self.path_segment_names = true;
+        self
+    }
+
+    /// The rule `metadata.name` is validated with.
+    pub fn name_rule(&self) -> validation::NameRule {
+        if self.path_segment_names {
+            validation::NameRule::PathSegment
+        } else if self.name_is_label {
+            validation::NameRule::Label
+        } else {
+            validation::NameRule::Subdomain
+        }
+    }
+
+    /// A create-only resource answered by `f` and never stored.
+    pub fn virtual_create(mut self, f: VirtualCreate) -> Self {
+        self.verbs = &["create"];
+        self.virtual_create = Some(f);
         self
     }
 

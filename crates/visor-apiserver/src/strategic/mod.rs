@@ -683,16 +683,20 @@ fn clean(value: Value) -> Option<Value> {
 
 fn clean_object(map: Object) -> Object {
     map.into_iter()
-        .filter(|(key, value)| {
-            !value.is_null()
-                && !(key == DIRECTIVE
-                    && matches!(value.as_str(), Some("replace" | "merge" | "delete")))
-                && key != RETAIN_KEYS
-                && !key.starts_with(SET_ELEMENT_ORDER)
-                && !key.starts_with(DELETE_FROM_PRIMITIVE_LIST)
-        })
+        .filter(|(key, value)| !value.is_null() && !is_directive(key, value))
         .filter_map(|(key, value)| clean(value).map(|value| (key, value)))
         .collect()
+}
+
+/// Whether an object entry is a patch directive rather than data. An unknown `$patch` value
+/// is kept, as upstream keeps it.
+fn is_directive(key: &str, value: &Value) -> bool {
+    if key == DIRECTIVE {
+        return matches!(value.as_str(), Some("replace" | "merge" | "delete"));
+    }
+    key == RETAIN_KEYS
+        || key.starts_with(SET_ELEMENT_ORDER)
+        || key.starts_with(DELETE_FROM_PRIMITIVE_LIST)
 }
 
 fn clean_list(list: Vec<Value>) -> Vec<Value> {

@@ -35,14 +35,32 @@ fn containers_merge_by_name() {
         original,
         json!({"spec": {"containers": [{"name": "a", "image": "a:2"}, {"name": "c", "image": "c:1"}]}}),
     );
+    // Without `$setElementOrder`, an element the server did not have goes before the
+    // server-only elements that follow it (upstream's ordering; kubectl apply sends an order).
     assert_eq!(
         patched["spec"]["containers"],
         json!([
             {"name": "a", "image": "a:2", "args": ["x"]},
-            {"name": "b", "image": "b:1"},
             {"name": "c", "image": "c:1"},
+            {"name": "b", "image": "b:1"},
         ])
     );
+}
+
+#[test]
+fn new_elements_without_an_order_go_before_server_only_ones() {
+    let original = pod(json!({"containers": [{"name": "a"}, {"name": "b"}]}));
+    let patched = merge_pod(
+        original.clone(),
+        json!({"spec": {"containers": [{"name": "n"}]}}),
+    );
+    assert_eq!(names(&patched["spec"]["containers"]), ["n", "a", "b"]);
+    // Patched existing elements keep their stored places.
+    let patched = merge_pod(
+        original,
+        json!({"spec": {"containers": [{"name": "b", "image": "x"}, {"name": "n"}]}}),
+    );
+    assert_eq!(names(&patched["spec"]["containers"]), ["a", "b", "n"]);
 }
 
 #[test]
@@ -436,7 +454,7 @@ fn ephemeral_container_fields_merge_through_the_inline_struct() {
     );
     assert_eq!(
         patched["spec"]["ephemeralContainers"][0]["env"],
-        json!([{"name": "A", "value": "1"}, {"name": "B", "value": "2"}])
+        json!([{"name": "B", "value": "2"}, {"name": "A", "value": "1"}])
     );
 }
 
@@ -455,7 +473,7 @@ fn owner_references_merge_by_uid_and_service_ports_by_port() {
     .unwrap();
     assert_eq!(
         patched["metadata"]["ownerReferences"],
-        json!([{"uid": "1", "name": "a"}, {"uid": "2", "name": "b"}])
+        json!([{"uid": "2", "name": "b"}, {"uid": "1", "name": "a"}])
     );
     assert_eq!(
         patched["spec"]["ports"],
@@ -482,7 +500,7 @@ fn node_conditions_merge_by_type() {
     );
     assert_eq!(
         patched["status"]["addresses"],
-        json!([{"type": "InternalIP", "address": "10.0.0.1"}, {"type": "Hostname", "address": "n"}])
+        json!([{"type": "Hostname", "address": "n"}, {"type": "InternalIP", "address": "10.0.0.1"}])
     );
 }
 

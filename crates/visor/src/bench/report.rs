@@ -178,9 +178,11 @@ impl Report {
                 .max()
                 .unwrap_or(0);
             for figure in &self.figures {
+                // Counts are whole numbers; measurements keep one decimal.
+                let decimals = if figure.unit == "objects" { 0 } else { 1 };
                 writeln!(
                     out,
-                    "{:<width$}  {:.1} {}",
+                    "{:<width$}  {:.decimals$} {}",
                     figure.label, figure.value, figure.unit
                 )?;
             }
