@@ -408,6 +408,10 @@ impl Handler {
                 sub @ (None | Some(Subresource::Status) | Some(Subresource::Scale)),
             ) => {
                 let body = read_body(request).await?;
+                if crate::apply::is_apply(&content_type) {
+                    let (object, created) = crate::apply::apply(registry, &scope, &name, sub, &body, &query).await?;
+                    return self.value_response(if created { 201 } else { 200 }, &def, object, format);
+                }
                 let result =
                     patch::patch(registry, &scope, &name, sub, &content_type, &body, &query)
                         .await?;

@@ -16,6 +16,7 @@ use tokio::sync::watch as signal;
 use visor_store::DynStore;
 use visor_store::cache::WatchCache;
 
+pub mod apply;
 pub mod auth;
 pub mod crd;
 pub mod discovery;

@@ -124,7 +124,7 @@ pub async fn patch(
         })
         .transpose()?;
     let result = registry
-        .guaranteed_update(scope, name, precondition, query.dry_run, |current| {
+        .guaranteed_update_by(scope, name, precondition, query.dry_run, Some(&crate::registry::Writer::new(query, subresource)), |current| {
             let presented = match subresource {
                 Some(Subresource::Scale) => registry.scale_of(&def, current),
                 _ => registry.present(&def, current.clone()),

@@ -584,14 +584,16 @@ impl Registry {
         }
         self.admit(scope, &mut obj, None)?;
         self.check_namespace(scope, object::name(&obj)).await?;
-        if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("managedFields");
+        if !query.apply {
+            if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("managedFields");
+            }
+            let manager = query.manager();
+            let api_version = def.api_version();
+            let now = object::now_rfc3339();
+            let ctx = ssa::WriteContext { manager: &manager, api_version: &api_version, subresource: "", now: &now };
+            ssa::track_update(None, &mut obj, &ctx, ssa::types::for_resource(&def).as_ref());
         }
-        let manager = query.manager();
-        let api_version = def.api_version();
-        let now = object::now_rfc3339();
-        let ctx = ssa::WriteContext { manager: &manager, api_version: &api_version, subresource: "", now: &now };
-        ssa::track_update(None, &mut obj, &ctx, ssa::types::for_resource(&def).as_ref());
         obj = self.to_storage(&def, obj);
         let name = object::name(&obj).to_string();
         if query.dry_run {

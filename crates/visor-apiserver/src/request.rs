@@ -135,6 +135,8 @@ pub struct Query {
     pub grace_period_seconds: Option<i64>,
     pub include_object: Option<String>,
     pub pretty: bool,
+    /// This create carries an applied configuration whose `managedFields` are already set.
+    pub apply: bool,
     /// `force` on an apply: take over fields other managers own.
     pub force: bool,
     /// The client's User-Agent, from which a field manager is named when none is given.

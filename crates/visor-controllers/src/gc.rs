@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use kube::core::{ApiResource, PartialObjectMeta};
@@ -115,6 +115,7 @@ impl Kind {
 #[derive(Debug, Clone)]
 struct Node {
     kind: Arc<Kind>,
+    uid: String,
     name: String,
     namespace: Option<String>,
     owners: Vec<OwnerReference>,
@@ -479,6 +480,7 @@ fn observe(state: &State, kind: &Arc<Kind>, object: PartialObjectMeta<DynamicObj
     };
     let node = Node {
         kind: Arc::clone(kind),
+        uid: uid.clone(),
         name,
         namespace: meta.namespace,
         owners: meta.owner_references.unwrap_or_default(),
@@ -700,16 +702,25 @@ async fn delete(
     }
 }
 
-/// Removes the owner references naming any of `owners` from `node`, with a JSON patch that
-/// tests each reference's uid at its index, so that a list changed meanwhile fails the patch
-/// instead of losing the wrong entry.
+/// Removes the owner references naming any of `owners` from `node`. The references are read
+/// afresh (the graph may be a step behind), and the JSON patch tests each reference's uid at
+/// its index, so that a list changed in between fails the patch instead of losing the wrong
+/// entry; the failure is retried.
 async fn remove_owner_references(
     state: &State,
     node: &Node,
     owners: &[String],
 ) -> Result<(), Error> {
+    let error = |source| {
+        let (kind, name) = node.describe();
+        Error::RemoveOwnerReferences { kind, name, source }
+    };
+    let Some(current) = fresh(state, node).await.map_err(error)? else {
+        return Ok(());
+    };
     let mut ops = Vec::new();
-    for (i, reference) in node.owners.iter().enumerate().rev() {
+    let references = current.owner_references.unwrap_or_default();
+    for (i, reference) in references.iter().enumerate().rev() {
         if owners.contains(&reference.uid) {
             ops.push(json!({ "op": "test", "path": format!("/metadata/ownerReferences/{i}/uid"), "value": reference.uid }));
             ops.push(json!({ "op": "remove", "path": format!("/metadata/ownerReferences/{i}") }));
@@ -718,19 +729,30 @@ async fn remove_owner_references(
     if ops.is_empty() {
         return Ok(());
     }
-    patch(state, node, ops).await.map_err(|source| {
-        let (kind, name) = node.describe();
-        Error::RemoveOwnerReferences { kind, name, source }
-    })
+    patch(state, node, ops).await.map_err(error)
 }
 
+/// Removes `finalizer` from `node`, read afresh, with the same guarded JSON patch.
 async fn remove_finalizer(
     state: &State,
     node: &Node,
     finalizer: &'static str,
 ) -> Result<(), Error> {
-    let ops: Vec<serde_json::Value> = node
+    let error = |source| {
+        let (kind, name) = node.describe();
+        Error::RemoveFinalizer {
+            finalizer,
+            kind,
+            name,
+            source,
+        }
+    };
+    let Some(current) = fresh(state, node).await.map_err(error)? else {
+        return Ok(());
+    };
+    let ops: Vec<serde_json::Value> = current
         .finalizers
+        .unwrap_or_default()
         .iter()
         .enumerate()
         .rev()
@@ -745,15 +767,18 @@ async fn remove_finalizer(
     if ops.is_empty() {
         return Ok(());
     }
-    patch(state, node, ops).await.map_err(|source| {
-        let (kind, name) = node.describe();
-        Error::RemoveFinalizer {
-            finalizer,
-            kind,
-            name,
-            source,
-        }
-    })
+    patch(state, node, ops).await.map_err(error)
+}
+
+/// The object's current metadata, if it still exists (and is the same object, not a new one
+/// of the same name).
+async fn fresh(state: &State, node: &Node) -> Result<Option<ObjectMeta>, kube::Error> {
+    let api = node.kind.api(&state.client, node.namespace.as_deref());
+    Ok(api
+        .get_metadata_opt(&node.name)
+        .await?
+        .map(|object| object.metadata)
+        .filter(|meta| meta.uid.as_deref() == Some(node.uid.as_str())))
 }
 
 async fn patch(state: &State, node: &Node, ops: Vec<serde_json::Value>) -> Result<(), kube::Error> {
@@ -839,6 +864,7 @@ mod tests {
     fn node(owners: &[&str], deleting: bool, finalizers: &[&str]) -> Node {
         Node {
             kind: kind(),
+            uid: "x".into(),
             name: "x".into(),
             namespace: Some("ns".into()),
             owners: owners

@@ -117,11 +117,15 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 /// results). `RUST_LOG` overrides the default of `info` for Visor's own crates.
 fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("warn,visor=info,visor_apiserver=info,visor_store=info")
+        EnvFilter::new(
+            "warn,visor=info,visor_apiserver=info,visor_store=info,visor_controllers=info",
+        )
     });
+    // Colours only on a terminal: logs redirected to a file stay plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

@@ -271,7 +271,7 @@ fn bad_strategic_patches_are_refused(backend: Backend) {
         Method::PATCH,
         &path,
         "application/strategic-merge-patch+json",
-        r#"{"spec":{"template":{"spec":{"volumes":[{"$retainKeys":["name"],"name":"v","emptyDir":{}}]}}}}"#,
+        r#"{"metadata":{"$retainKeys":["name"],"labels":{"a":"b"}}}"#,
     );
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(
@@ -450,9 +450,21 @@ fn custom_resources_refuse_strategic_patches(backend: Backend) {
         "-p",
         r#"{"spec":{"x":1}}"#,
     ]);
+    // kubectl recognises the 415 and words it its own way around the server's message.
     assert!(
-        stderr.contains("(UnsupportedMediaType): the body of the request was in an unknown format"),
+        stderr.contains("application/strategic-merge-patch+json is not supported by example.com/v1, Kind=Gadget: the body of the request was in an unknown format"),
         "{stderr}"
+    );
+    let (status, body) = server.raw(
+        Method::PATCH,
+        &format!("/apis/example.com/v1/namespaces/{ns}/gadgets/g"),
+        "application/strategic-merge-patch+json",
+        r#"{"spec":{"x":1}}"#,
+    );
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    assert!(
+        body.contains(r#""reason":"UnsupportedMediaType""#),
+        "{body}"
     );
     // A merge patch works, and so does re-applying (kubectl sends custom resources a merge
     // patch).

@@ -19,7 +19,7 @@ pub enum ListType {
 }
 
 /// A position in a kind's type, from which fields and items can be looked up.
-pub trait TypeInfo {
+pub trait TypeInfo: Send + Sync {
     fn field(&self, name: &str) -> Box<dyn TypeInfo>;
     fn items(&self) -> Box<dyn TypeInfo>;
     fn list_type(&self) -> ListType;
