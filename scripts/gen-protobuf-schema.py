@@ -481,7 +481,7 @@ def main() -> None:
     w("use super::{Field, Kind, Message, Shape, Special};")
     w("")
     w("/// Every message, sorted by full name; [`Kind::Message`] holds an index into this table.")
-    w("pub(super) static MESSAGES: &[Message] = &[")
+    w("pub(crate) static MESSAGES: &[Message] = &[")
     for i, (name, special, fields) in enumerate(out_messages):
         w(f"    // {i}")
         w("    Message {")
@@ -498,13 +498,13 @@ def main() -> None:
     w("];")
     w("")
     w("/// (apiVersion, kind) of top-level objects to their message, sorted for binary search.")
-    w("pub(super) static KINDS: &[(&str, &str, usize)] = &[")
+    w("pub(crate) static KINDS: &[(&str, &str, usize)] = &[")
     for (api_version, kind), full in sorted(kinds.items()):
         w(f'    ("{api_version}", "{kind}", {index[full]}),')
     w("];")
     w("")
     w("/// meta/v1 kinds accepted under any apiVersion, sorted by kind.")
-    w("pub(super) static ANY_VERSION_KINDS: &[(&str, usize)] = &[")
+    w("pub(crate) static ANY_VERSION_KINDS: &[(&str, usize)] = &[")
     for kind, full in any_version:
         w(f'    ("{kind}", {index[full]}),')
     w("];")

@@ -44,14 +44,32 @@ pub async fn apply(
     query: &Query,
 ) -> ApiResult<(Value, bool)> {
     let def = scope.def.clone();
-    let manager = query.field_manager.clone().filter(|m| !m.is_empty()).ok_or_else(|| {
-        ApiError::invalid("meta.k8s.io", "PatchOptions", "", &[FieldError::required("fieldManager", "is required for apply patch")])
-    })?;
+    let manager = query
+        .field_manager
+        .clone()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "meta.k8s.io",
+                "PatchOptions",
+                "",
+                &[FieldError::required(
+                    "fieldManager",
+                    "is required for apply patch",
+                )],
+            )
+        })?;
     // JSON is YAML, so one decoder reads both forms clients send.
     let mut config = decode_body(body, "application/yaml")?;
     for field in ["apiVersion", "kind"] {
-        if config.get(field).and_then(Value::as_str).is_none_or(str::is_empty) {
-            return Err(ApiError::bad_request(format!("invalid object: {field} must be set in an applied configuration")));
+        if config
+            .get(field)
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err(ApiError::bad_request(format!(
+                "invalid object: {field} must be set in an applied configuration"
+            )));
         }
     }
     match object::meta_str(&config, "name") {
@@ -59,17 +77,38 @@ pub async fn apply(
             object::meta_mut(&mut config).insert("name".into(), json!(name));
         }
         Some(n) if n != name => {
-            return Err(ApiError::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})")));
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
         }
         Some(_) => {}
     }
     let api_version = def.api_version();
     let now = object::now_rfc3339();
-    let sub = if subresource == Some(Subresource::Status) { "status" } else { "" };
-    let ctx = WriteContext { manager: &manager, api_version: &api_version, subresource: sub, now: &now };
+    let sub = if subresource == Some(Subresource::Status) {
+        "status"
+    } else {
+        ""
+    };
+    let ctx = WriteContext {
+        manager: &manager,
+        api_version: &api_version,
+        subresource: sub,
+        now: &now,
+    };
     let ty = ssa::types::for_resource(&def);
 
-    let exists = registry.get(scope, name, &Query { resource_version: Some("0".into()), ..Default::default() }).await.is_ok();
+    let exists = registry
+        .get(
+            scope,
+            name,
+            &Query {
+                resource_version: Some("0".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .is_ok();
     if !exists && subresource.is_none() {
         let created = ssa::apply(None, &config, &ctx, query.force, ty.as_ref())
             .map_err(|c| conflict_error(&def.group, &def.plural, name, &c))?;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 
@@ -26,6 +26,9 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Upstream's limit on request bodies.
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
+/// How much of an oversized body is read (and discarded) before answering 413, so the client,
+/// still sending, reads the answer instead of a reset connection.
+const DRAIN_LIMIT: usize = 4 * MAX_BODY;
 
 const JSON: &str = "application/json";
 const TABLE_TYPE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
@@ -409,8 +412,14 @@ impl Handler {
             ) => {
                 let body = read_body(request).await?;
                 if crate::apply::is_apply(&content_type) {
-                    let (object, created) = crate::apply::apply(registry, &scope, &name, sub, &body, &query).await?;
-                    return self.value_response(if created { 201 } else { 200 }, &def, object, format);
+                    let (object, created) =
+                        crate::apply::apply(registry, &scope, &name, sub, &body, &query).await?;
+                    return self.value_response(
+                        if created { 201 } else { 200 },
+                        &def,
+                        object,
+                        format,
+                    );
                 }
                 let result =
                     patch::patch(registry, &scope, &name, sub, &content_type, &body, &query)
@@ -595,28 +604,27 @@ fn with_warnings(mut response: Response<Body>, warnings: &[String]) -> Response<
 
 /// Reads a request body, refusing more than upstream's 3 MiB.
 async fn read_body(request: Request<Incoming>) -> ApiResult<Bytes> {
-    if let Some(length) = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        && length > MAX_BODY
-    {
+    let mut body = request.into_body();
+    let mut collected = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("error reading request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen <= MAX_BODY {
+            collected.extend_from_slice(&data);
+        } else if seen > DRAIN_LIMIT {
+            // Too much to read just to refuse it; the connection closes after the answer.
+            break;
+        }
+    }
+    if seen > MAX_BODY {
         return Err(ApiError::too_large());
     }
-    let limited = Limited::new(request.into_body(), MAX_BODY);
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::too_large())
-        }
-        Err(e) => Err(ApiError::bad_request(format!(
-            "error reading request body: {e}"
-        ))),
-    }
+    Ok(collected.freeze())
 }
 
 /// What `/version` answers: the Kubernetes API level served, and Visor's own version.

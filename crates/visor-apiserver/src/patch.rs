@@ -124,42 +124,50 @@ pub async fn patch(
         })
         .transpose()?;
     let result = registry
-        .guaranteed_update_by(scope, name, precondition, query.dry_run, Some(&crate::registry::Writer::new(query, subresource)), |current| {
-            let presented = match subresource {
-                Some(Subresource::Scale) => registry.scale_of(&def, current),
-                _ => registry.present(&def, current.clone()),
-            };
-            let mut patched = apply_patch(kind, &presented, &document, (&type_of.0, &type_of.1))?;
-            if subresource == Some(Subresource::Scale) {
-                let replicas = patched
-                    .pointer("/spec/replicas")
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                let Some(replicas) = replicas.as_i64().filter(|r| *r >= 0) else {
-                    return Err(ApiError::invalid(
-                        "autoscaling",
-                        "Scale",
-                        name,
-                        &[crate::kinds::FieldError::invalid(
-                            "spec.replicas",
-                            &replicas,
-                            "must be greater than or equal to 0",
-                        )],
-                    ));
+        .guaranteed_update_by(
+            scope,
+            name,
+            precondition,
+            query.dry_run,
+            Some(&crate::registry::Writer::new(query, subresource)),
+            |current| {
+                let presented = match subresource {
+                    Some(Subresource::Scale) => registry.scale_of(&def, current),
+                    _ => registry.present(&def, current.clone()),
                 };
-                let mut next = current.clone();
-                crate::registry::set_replicas(&def, &mut next, replicas);
-                return Ok(next);
-            }
-            patched = registry.to_storage(&def, patched);
-            if object::name(&patched) != name {
-                return Err(ApiError::bad_request(
-                    "the patch may not change the object's name",
-                ));
-            }
-            crate::registry::merge_for_update(&def, subresource, current, &mut patched);
-            Ok(patched)
-        })
+                let mut patched =
+                    apply_patch(kind, &presented, &document, (&type_of.0, &type_of.1))?;
+                if subresource == Some(Subresource::Scale) {
+                    let replicas = patched
+                        .pointer("/spec/replicas")
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    let Some(replicas) = replicas.as_i64().filter(|r| *r >= 0) else {
+                        return Err(ApiError::invalid(
+                            "autoscaling",
+                            "Scale",
+                            name,
+                            &[crate::kinds::FieldError::invalid(
+                                "spec.replicas",
+                                &replicas,
+                                "must be greater than or equal to 0",
+                            )],
+                        ));
+                    };
+                    let mut next = current.clone();
+                    crate::registry::set_replicas(&def, &mut next, replicas);
+                    return Ok(next);
+                }
+                patched = registry.to_storage(&def, patched);
+                if object::name(&patched) != name {
+                    return Err(ApiError::bad_request(
+                        "the patch may not change the object's name",
+                    ));
+                }
+                crate::registry::merge_for_update(&def, subresource, current, &mut patched);
+                Ok(patched)
+            },
+        )
         .await?;
     Ok(result.object)
 }

@@ -22,8 +22,8 @@ use crate::kinds::{Catalog, FieldError, ResourceDef, Subresource, validation};
 use crate::object::{self, CachedObject, meta, meta_mut};
 use crate::openapi;
 use crate::request::Query;
-use crate::ssa;
 use crate::selectors::{FieldSelector, LabelSelector, parse_field_selector, parse_label_selector};
+use crate::ssa;
 
 /// How long a read waits for the watch cache to catch up before giving up.
 const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -459,8 +459,9 @@ impl Registry {
                 ApiError::bad_request(format!("error decoding {} body: {e}", def.kind))
             })?;
         }
-        if let Some(custom) = &def.custom {
-            custom.schema.prune(obj);
+        match &def.custom {
+            Some(custom) => custom.schema.prune(obj),
+            None => openapi::prune_fields(&self.catalog, def, obj),
         }
         if let Some(defaulter) = def.defaulter {
             defaulter(obj);
@@ -591,8 +592,18 @@ impl Registry {
             let manager = query.manager();
             let api_version = def.api_version();
             let now = object::now_rfc3339();
-            let ctx = ssa::WriteContext { manager: &manager, api_version: &api_version, subresource: "", now: &now };
-            ssa::track_update(None, &mut obj, &ctx, ssa::types::for_resource(&def).as_ref());
+            let ctx = ssa::WriteContext {
+                manager: &manager,
+                api_version: &api_version,
+                subresource: "",
+                now: &now,
+            };
+            ssa::track_update(
+                None,
+                &mut obj,
+                &ctx,
+                ssa::types::for_resource(&def).as_ref(),
+            );
         }
         obj = self.to_storage(&def, obj);
         let name = object::name(&obj).to_string();
@@ -703,11 +714,18 @@ impl Registry {
             .transpose()?;
         let new = obj;
         let writer = Writer::new(query, subresource);
-        self.guaranteed_update_by(scope, name, precondition, query.dry_run, Some(&writer), move |current| {
-            let mut next = new.clone();
-            merge_for_update(&def, subresource, current, &mut next);
-            Ok(next)
-        })
+        self.guaranteed_update_by(
+            scope,
+            name,
+            precondition,
+            query.dry_run,
+            Some(&writer),
+            move |current| {
+                let mut next = new.clone();
+                merge_for_update(&def, subresource, current, &mut next);
+                Ok(next)
+            },
+        )
         .await
     }
 
@@ -728,7 +746,8 @@ impl Registry {
     where
         F: Fn(&Value) -> ApiResult<Value>,
     {
-        self.guaranteed_update_by(scope, name, precondition, dry_run, None, mutate).await
+        self.guaranteed_update_by(scope, name, precondition, dry_run, None, mutate)
+            .await
     }
 
     /// [`Registry::guaranteed_update`] on behalf of a field manager, whose changes are
@@ -984,8 +1003,15 @@ impl Registry {
         let paths = scale_paths(def);
         let selector = match &paths.label_selector {
             // A custom resource names where its selector string lives.
-            Some(path) => obj.pointer(path).and_then(Value::as_str).unwrap_or_default().to_string(),
-            None => obj.pointer("/spec/selector").map(selector_string).unwrap_or_default(),
+            Some(path) => obj
+                .pointer(path)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            None => obj
+                .pointer("/spec/selector")
+                .map(selector_string)
+                .unwrap_or_default(),
         };
         let replicas = |path: &str| obj.pointer(path).and_then(Value::as_i64).unwrap_or(0);
         json!({
@@ -1026,11 +1052,18 @@ impl Registry {
             .map(parse_revision)
             .transpose()?;
         let result = self
-            .guaranteed_update_by(scope, name, precondition, query.dry_run, Some(&Writer::new(query, Some(Subresource::Scale))), |current| {
-                let mut next = current.clone();
-                set_replicas(&scope.def, &mut next, replicas);
-                Ok(next)
-            })
+            .guaranteed_update_by(
+                scope,
+                name,
+                precondition,
+                query.dry_run,
+                Some(&Writer::new(query, Some(Subresource::Scale))),
+                |current| {
+                    let mut next = current.clone();
+                    set_replicas(&scope.def, &mut next, replicas);
+                    Ok(next)
+                },
+            )
             .await?;
         Ok(self.scale_of(&scope.def, &result.object))
     }
@@ -1039,11 +1072,14 @@ impl Registry {
 /// Where a resource keeps its replicas: `.spec.replicas` for built-in kinds, the CRD's paths for
 /// custom resources.
 fn scale_paths(def: &ResourceDef) -> crate::crd::ScalePaths {
-    def.custom.as_ref().and_then(|c| c.scale.clone()).unwrap_or_else(|| crate::crd::ScalePaths {
-        spec_replicas: "/spec/replicas".into(),
-        status_replicas: "/status/replicas".into(),
-        label_selector: None,
-    })
+    def.custom
+        .as_ref()
+        .and_then(|c| c.scale.clone())
+        .unwrap_or_else(|| crate::crd::ScalePaths {
+            spec_replicas: "/spec/replicas".into(),
+            status_replicas: "/status/replicas".into(),
+            label_selector: None,
+        })
 }
 
 /// Sets the desired replicas of a scalable object.
@@ -1076,7 +1112,10 @@ impl Writer {
             Some(Subresource::Scale) => "scale",
             _ => "",
         };
-        Writer { manager: query.manager(), subresource }
+        Writer {
+            manager: query.manager(),
+            subresource,
+        }
     }
 
     /// Records in `next` the fields this write changed relative to `current`.
@@ -1095,8 +1134,18 @@ impl Writer {
         }
         let api_version = def.api_version();
         let now = object::now_rfc3339();
-        let ctx = ssa::WriteContext { manager: &self.manager, api_version: &api_version, subresource: self.subresource, now: &now };
-        ssa::track_update(Some(current), next, &ctx, ssa::types::for_resource(def).as_ref());
+        let ctx = ssa::WriteContext {
+            manager: &self.manager,
+            api_version: &api_version,
+            subresource: self.subresource,
+            now: &now,
+        };
+        ssa::track_update(
+            Some(current),
+            next,
+            &ctx,
+            ssa::types::for_resource(def).as_ref(),
+        );
     }
 }
 

@@ -90,4 +90,3 @@ pub async fn serve(
         tracing::info!("closing connections still open after {DRAIN_TIMEOUT:?}");
     }
 }
-

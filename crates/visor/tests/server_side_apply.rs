@@ -8,10 +8,17 @@ mod common;
 use common::{Backend, TestServer};
 use serde_json::json;
 
-backend_tests!(ownership_and_conflicts, takes_over_from_client_side_apply, custom_resource_lists_merge_by_key, apply_errors);
+backend_tests!(
+    ownership_and_conflicts,
+    takes_over_from_client_side_apply,
+    custom_resource_lists_merge_by_key,
+    apply_errors
+);
 
 fn configmap(data: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\n  namespace: default\ndata:\n{data}")
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\n  namespace: default\ndata:\n{data}"
+    )
 }
 
 fn managers(obj: &serde_json::Value) -> Vec<(String, String)> {
@@ -20,7 +27,12 @@ fn managers(obj: &serde_json::Value) -> Vec<(String, String)> {
         .map(|entries| {
             entries
                 .iter()
-                .map(|e| (e["manager"].as_str().unwrap_or_default().to_string(), e["operation"].as_str().unwrap_or_default().to_string()))
+                .map(|e| {
+                    (
+                        e["manager"].as_str().unwrap_or_default().to_string(),
+                        e["operation"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -34,49 +46,132 @@ fn get_with_fields(server: &TestServer, args: &[&str]) -> serde_json::Value {
 
 fn ownership_and_conflicts(backend: Backend) {
     let server = TestServer::start(backend);
-    let out = server.ok_stdin(&["apply", "--server-side", "--field-manager=alice", "-f", "-"], &configmap("  a: \"1\"\n  b: \"2\"\n"));
+    let out = server.ok_stdin(
+        &["apply", "--server-side", "--field-manager=alice", "-f", "-"],
+        &configmap("  a: \"1\"\n  b: \"2\"\n"),
+    );
     assert_eq!(out.trim(), "configmap/cfg serverside-applied");
     let cm = get_with_fields(&server, &["get", "cm", "cfg"]);
-    assert_eq!(managers(&cm), vec![("alice".to_string(), "Apply".to_string())]);
-    assert_eq!(cm["metadata"]["managedFields"][0]["fieldsV1"]["f:data"], json!({"f:a": {}, "f:b": {}}));
+    assert_eq!(
+        managers(&cm),
+        vec![("alice".to_string(), "Apply".to_string())]
+    );
+    assert_eq!(
+        cm["metadata"]["managedFields"][0]["fieldsV1"]["f:data"],
+        json!({"f:a": {}, "f:b": {}})
+    );
 
     // Another manager setting a different value conflicts, and kubectl explains what to do.
-    let err = server.fails_stdin(&["apply", "--server-side", "--field-manager=bob", "-f", "-"], &configmap("  a: \"2\"\n"));
-    assert!(err.contains(r#"Apply failed with 1 conflict: conflict with "alice": .data.a"#) || err.contains(r#"conflict with "alice" using v1: .data.a"#), "{err}");
+    let err = server.fails_stdin(
+        &["apply", "--server-side", "--field-manager=bob", "-f", "-"],
+        &configmap("  a: \"2\"\n"),
+    );
+    assert!(
+        err.contains(r#"Apply failed with 1 conflict: conflict with "alice": .data.a"#)
+            || err.contains(r#"conflict with "alice" using v1: .data.a"#),
+        "{err}"
+    );
     assert!(err.contains("--force-conflicts"), "{err}");
     assert_eq!(server.json(&["get", "cm", "cfg"])["data"]["a"], "1");
 
     // Forcing takes the field over.
-    server.ok_stdin(&["apply", "--server-side", "--field-manager=bob", "--force-conflicts", "-f", "-"], &configmap("  a: \"2\"\n"));
+    server.ok_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=bob",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        &configmap("  a: \"2\"\n"),
+    );
     let cm = get_with_fields(&server, &["get", "cm", "cfg"]);
     assert_eq!(cm["data"], json!({"a": "2", "b": "2"}));
-    let alice = cm["metadata"]["managedFields"].as_array().unwrap().iter().find(|e| e["manager"] == "alice").unwrap().clone();
+    let alice = cm["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["manager"] == "alice")
+        .unwrap()
+        .clone();
     assert_eq!(alice["fieldsV1"]["f:data"], json!({"f:b": {}}));
 
     // A field a manager stops declaring is removed when nobody else owns it.
-    server.ok_stdin(&["apply", "--server-side", "--field-manager=alice", "-f", "-"], &configmap("  c: \"3\"\n"));
-    assert_eq!(server.json(&["get", "cm", "cfg"])["data"], json!({"a": "2", "c": "3"}));
+    server.ok_stdin(
+        &["apply", "--server-side", "--field-manager=alice", "-f", "-"],
+        &configmap("  c: \"3\"\n"),
+    );
+    assert_eq!(
+        server.json(&["get", "cm", "cfg"])["data"],
+        json!({"a": "2", "c": "3"})
+    );
 
     // An ordinary update takes ownership of what it changed, so re-applying conflicts with it.
-    server.ok(&["patch", "cm", "cfg", "--type=merge", "--field-manager=editor", "-p", r#"{"data":{"c":"4"}}"#]);
-    let err = server.fails_stdin(&["apply", "--server-side", "--field-manager=alice", "-f", "-"], &configmap("  c: \"3\"\n"));
-    assert!(err.contains(r#""editor""#) && err.contains(".data.c"), "{err}");
+    server.ok(&[
+        "patch",
+        "cm",
+        "cfg",
+        "--type=merge",
+        "--field-manager=editor",
+        "-p",
+        r#"{"data":{"c":"4"}}"#,
+    ]);
+    let err = server.fails_stdin(
+        &["apply", "--server-side", "--field-manager=alice", "-f", "-"],
+        &configmap("  c: \"3\"\n"),
+    );
+    assert!(
+        err.contains(r#""editor""#) && err.contains(".data.c"),
+        "{err}"
+    );
 
     // Dry run changes nothing.
-    server.ok_stdin(&["apply", "--server-side", "--field-manager=alice", "--force-conflicts", "--dry-run=server", "-f", "-"], &configmap("  c: \"5\"\n"));
+    server.ok_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=alice",
+            "--force-conflicts",
+            "--dry-run=server",
+            "-f",
+            "-",
+        ],
+        &configmap("  c: \"5\"\n"),
+    );
     assert_eq!(server.json(&["get", "cm", "cfg"])["data"]["c"], "4");
 }
 
 fn takes_over_from_client_side_apply(backend: Backend) {
     let server = TestServer::start(backend);
     let manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: legacy\n  namespace: default\n  labels: {app: web}\ndata:\n  a: \"1\"\n";
-    assert_eq!(server.ok_stdin(&["apply", "-f", "-"], manifest).trim(), "configmap/legacy created");
+    assert_eq!(
+        server.ok_stdin(&["apply", "-f", "-"], manifest).trim(),
+        "configmap/legacy created"
+    );
     let cm = get_with_fields(&server, &["get", "cm", "legacy"]);
-    assert!(managers(&cm).contains(&("kubectl-client-side-apply".to_string(), "Update".to_string())), "{cm}");
+    assert!(
+        managers(&cm).contains(&(
+            "kubectl-client-side-apply".to_string(),
+            "Update".to_string()
+        )),
+        "{cm}"
+    );
     // The same configuration applied server-side takes the fields over without a conflict.
-    assert_eq!(server.ok_stdin(&["apply", "--server-side", "-f", "-"], manifest).trim(), "configmap/legacy serverside-applied");
+    assert_eq!(
+        server
+            .ok_stdin(&["apply", "--server-side", "-f", "-"], manifest)
+            .trim(),
+        "configmap/legacy serverside-applied"
+    );
     let cm = get_with_fields(&server, &["get", "cm", "legacy"]);
-    let kubectl = cm["metadata"]["managedFields"].as_array().unwrap().iter().find(|e| e["manager"] == "kubectl").cloned().unwrap_or_else(|| panic!("{cm}"));
+    let kubectl = cm["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["manager"] == "kubectl")
+        .cloned()
+        .unwrap_or_else(|| panic!("{cm}"));
     assert_eq!(kubectl["operation"], "Apply");
     assert_eq!(kubectl["fieldsV1"]["f:data"], json!({"f:a": {}}));
     // A changed value applied server-side after client-side apply works too.
@@ -123,29 +218,82 @@ spec:
         assert!(std::time::Instant::now() < deadline, "routes not served");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let route = |backend: &str, weight: u32| format!("apiVersion: example.com/v1\nkind: Route\nmetadata: {{name: r, namespace: default}}\nspec:\n  backends:\n  - {{name: {backend}, weight: {weight}}}\n");
-    server.ok_stdin(&["apply", "--server-side", "--field-manager=team-a", "-f", "-"], &route("a", 1));
-    server.ok_stdin(&["apply", "--server-side", "--field-manager=team-b", "-f", "-"], &route("b", 2));
+    let route = |backend: &str, weight: u32| {
+        format!(
+            "apiVersion: example.com/v1\nkind: Route\nmetadata: {{name: r, namespace: default}}\nspec:\n  backends:\n  - {{name: {backend}, weight: {weight}}}\n"
+        )
+    };
+    server.ok_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=team-a",
+            "-f",
+            "-",
+        ],
+        &route("a", 1),
+    );
+    server.ok_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=team-b",
+            "-f",
+            "-",
+        ],
+        &route("b", 2),
+    );
     let r = server.json(&["get", "routes", "r"]);
-    assert_eq!(r["spec"]["backends"], json!([{"name": "a", "weight": 1}, {"name": "b", "weight": 2}]), "{r}");
+    assert_eq!(
+        r["spec"]["backends"],
+        json!([{"name": "a", "weight": 1}, {"name": "b", "weight": 2}]),
+        "{r}"
+    );
     // team-a withdraws its backend; team-b's stays.
     server.ok_stdin(&["apply", "--server-side", "--field-manager=team-a", "-f", "-"], "apiVersion: example.com/v1\nkind: Route\nmetadata: {name: r, namespace: default}\nspec: {}\n");
     let r = server.json(&["get", "routes", "r"]);
-    assert_eq!(r["spec"]["backends"], json!([{"name": "b", "weight": 2}]), "{r}");
+    assert_eq!(
+        r["spec"]["backends"],
+        json!([{"name": "b", "weight": 2}]),
+        "{r}"
+    );
 }
 
 fn apply_errors(backend: Backend) {
     let server = TestServer::start(backend);
     let path = "/api/v1/namespaces/default/configmaps/x?fieldManager=m";
-    let (status, body) = server.raw(http::Method::PATCH, path, "application/apply-patch+yaml", "data: [unclosed");
+    let (status, body) = server.raw(
+        http::Method::PATCH,
+        path,
+        "application/apply-patch+yaml",
+        "data: [unclosed",
+    );
     assert_eq!(status.as_u16(), 400, "{body}");
-    let (status, body) = server.raw(http::Method::PATCH, "/api/v1/namespaces/default/configmaps/x", "application/apply-patch+yaml", "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\"}");
+    let (status, body) = server.raw(
+        http::Method::PATCH,
+        "/api/v1/namespaces/default/configmaps/x",
+        "application/apply-patch+yaml",
+        "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\"}",
+    );
     assert_eq!(status.as_u16(), 422, "{body}");
     assert!(body.contains("fieldManager: Required value"), "{body}");
-    let (status, body) = server.raw(http::Method::PATCH, path, "application/apply-patch+yaml", "{\"data\":{\"a\":\"b\"}}");
+    let (status, body) = server.raw(
+        http::Method::PATCH,
+        path,
+        "application/apply-patch+yaml",
+        "{\"data\":{\"a\":\"b\"}}",
+    );
     assert_eq!(status.as_u16(), 400, "{body}");
     assert!(body.contains("apiVersion must be set"), "{body}");
-    let (status, body) = server.raw(http::Method::PATCH, path, "application/apply-patch+yaml", "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"other\"}}");
+    let (status, body) = server.raw(
+        http::Method::PATCH,
+        path,
+        "application/apply-patch+yaml",
+        "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"other\"}}",
+    );
     assert_eq!(status.as_u16(), 400, "{body}");
-    assert!(body.contains("does not match the name on the URL"), "{body}");
+    assert!(
+        body.contains("does not match the name on the URL"),
+        "{body}"
+    );
 }

@@ -57,7 +57,9 @@ impl CustomResource {
 
 /// A `.spec.replicas`-style JSON path from a CRD turned into a JSON pointer.
 fn pointer(path: &str) -> String {
-    path.trim_start_matches('.').split('.').fold(String::new(), |acc, part| format!("{acc}/{part}"))
+    path.trim_start_matches('.')
+        .split('.')
+        .fold(String::new(), |acc, part| format!("{acc}/{part}"))
 }
 
 /// Kubernetes' version priority: GA before beta before alpha, higher numbers first, then the
@@ -92,17 +94,35 @@ pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
     let names = &spec["names"];
     let kind = names["kind"].as_str().unwrap_or_default();
     let plural = names["plural"].as_str().unwrap_or_default();
-    let singular = names["singular"].as_str().map(str::to_string).unwrap_or_else(|| kind.to_ascii_lowercase());
+    let singular = names["singular"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| kind.to_ascii_lowercase());
     let namespaced = spec["scope"].as_str() != Some("Cluster");
-    let strings = |v: &Value| -> Vec<String> { v.as_array().map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect()).unwrap_or_default() };
-    let versions: Vec<&Value> = spec["versions"].as_array().map(|v| v.iter().collect()).unwrap_or_default();
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let versions: Vec<&Value> = spec["versions"]
+        .as_array()
+        .map(|v| v.iter().collect())
+        .unwrap_or_default();
     let storage_version = versions
         .iter()
         .find(|v| v["storage"].as_bool() == Some(true))
         .and_then(|v| v["name"].as_str())
         .unwrap_or_default()
         .to_string();
-    let mut served: Vec<&Value> = versions.into_iter().filter(|v| v["served"].as_bool() == Some(true)).collect();
+    let mut served: Vec<&Value> = versions
+        .into_iter()
+        .filter(|v| v["served"].as_bool() == Some(true))
+        .collect();
     served.sort_by_key(|v| version_priority(v["name"].as_str().unwrap_or_default()));
     served
         .iter()
@@ -124,14 +144,21 @@ pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
             }
             let scale = subresources.get("scale").map(|s| ScalePaths {
                 spec_replicas: pointer(s["specReplicasPath"].as_str().unwrap_or(".spec.replicas")),
-                status_replicas: pointer(s["statusReplicasPath"].as_str().unwrap_or(".status.replicas")),
+                status_replicas: pointer(
+                    s["statusReplicasPath"]
+                        .as_str()
+                        .unwrap_or(".status.replicas"),
+                ),
                 label_selector: s["labelSelectorPath"].as_str().map(pointer),
             });
             if scale.is_some() {
                 def.subresources.push(Subresource::Scale);
             }
             let mut columns = vec![Column::name()];
-            let printer_columns = version["additionalPrinterColumns"].as_array().cloned().unwrap_or_default();
+            let printer_columns = version["additionalPrinterColumns"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             let mut has_age = false;
             for c in &printer_columns {
                 let type_ = match c["type"].as_str().unwrap_or("string") {
@@ -148,7 +175,12 @@ pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
                 } else {
                     CellSource::Path(path.to_string())
                 };
-                let mut column = Column::new(c["name"].as_str().unwrap_or_default(), type_, c["priority"].as_i64().unwrap_or(0) as i32, source);
+                let mut column = Column::new(
+                    c["name"].as_str().unwrap_or_default(),
+                    type_,
+                    c["priority"].as_i64().unwrap_or(0) as i32,
+                    source,
+                );
                 column.description = c["description"].as_str().unwrap_or_default().to_string();
                 columns.push(column);
             }
@@ -158,10 +190,25 @@ pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
             def.columns = columns;
             def.selectable_fields = version["selectableFields"]
                 .as_array()
-                .map(|f| f.iter().filter_map(|f| f["jsonPath"].as_str()).map(|p| p.trim_start_matches('.').to_string()).collect())
+                .map(|f| {
+                    f.iter()
+                        .filter_map(|f| f["jsonPath"].as_str())
+                        .map(|p| p.trim_start_matches('.').to_string())
+                        .collect()
+                })
                 .unwrap_or_default();
-            let schema = version.pointer("/schema/openAPIV3Schema").cloned().unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
-            def.custom = Some(Arc::new(CustomResource { schema: StructuralSchema::new(schema), storage_version: storage_version.clone(), scale }));
+            let schema = version
+                .pointer("/schema/openAPIV3Schema")
+                .cloned()
+                .unwrap_or_else(
+                    || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+                );
+            def.openapi_schema = Some(schema.clone());
+            def.custom = Some(Arc::new(CustomResource {
+                schema: StructuralSchema::new(schema),
+                storage_version: storage_version.clone(),
+                scale,
+            }));
             def
         })
         .collect()
@@ -170,7 +217,9 @@ pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
 fn dns_label(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= 63
-        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !value.starts_with('-')
         && !value.ends_with('-')
 }
@@ -180,65 +229,128 @@ pub fn validate(crd: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let spec = &crd["spec"];
     let group = spec["group"].as_str().unwrap_or_default();
-    let plural = spec.pointer("/names/plural").and_then(Value::as_str).unwrap_or_default();
+    let plural = spec
+        .pointer("/names/plural")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let name = object::name(crd);
     if group.is_empty() {
         errors.push(FieldError::required("spec.group", ""));
     } else if !group.contains('.') {
-        errors.push(FieldError::invalid("spec.group", &json!(group), "should be a domain with at least one dot"));
+        errors.push(FieldError::invalid(
+            "spec.group",
+            &json!(group),
+            "should be a domain with at least one dot",
+        ));
     }
     if plural.is_empty() {
         errors.push(FieldError::required("spec.names.plural", ""));
     } else if !dns_label(plural) {
-        errors.push(FieldError::invalid("spec.names.plural", &json!(plural), "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'"));
+        errors.push(FieldError::invalid(
+            "spec.names.plural",
+            &json!(plural),
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'",
+        ));
     }
     if !group.is_empty() && !plural.is_empty() && name != format!("{plural}.{group}") {
-        errors.push(FieldError::invalid("metadata.name", &json!(name), "must be spec.names.plural+\".\"+spec.group"));
+        errors.push(FieldError::invalid(
+            "metadata.name",
+            &json!(name),
+            "must be spec.names.plural+\".\"+spec.group",
+        ));
     }
-    let kind = spec.pointer("/names/kind").and_then(Value::as_str).unwrap_or_default();
+    let kind = spec
+        .pointer("/names/kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if kind.is_empty() {
         errors.push(FieldError::required("spec.names.kind", ""));
     }
     if let Some(list_kind) = spec.pointer("/names/listKind").and_then(Value::as_str)
         && list_kind == kind
     {
-        errors.push(FieldError::invalid("spec.names.listKind", &json!(list_kind), "kind and listKind may not be the same"));
+        errors.push(FieldError::invalid(
+            "spec.names.listKind",
+            &json!(list_kind),
+            "kind and listKind may not be the same",
+        ));
     }
     match spec["scope"].as_str() {
         Some("Namespaced") | Some("Cluster") => {}
-        Some(other) => errors.push(FieldError::not_supported("spec.scope", &json!(other), &["Cluster", "Namespaced"])),
+        Some(other) => errors.push(FieldError::not_supported(
+            "spec.scope",
+            &json!(other),
+            &["Cluster", "Namespaced"],
+        )),
         None => errors.push(FieldError::required("spec.scope", "")),
     }
     let versions = spec["versions"].as_array().cloned().unwrap_or_default();
     if versions.is_empty() {
-        errors.push(FieldError::required("spec.versions", "must have exactly one version marked as storage version"));
+        errors.push(FieldError::required(
+            "spec.versions",
+            "must have exactly one version marked as storage version",
+        ));
     }
-    let storage = versions.iter().filter(|v| v["storage"].as_bool() == Some(true)).count();
+    let storage = versions
+        .iter()
+        .filter(|v| v["storage"].as_bool() == Some(true))
+        .count();
     if !versions.is_empty() && storage != 1 {
-        errors.push(FieldError::invalid("spec.versions", &json!(versions.iter().map(|v| v["name"].clone()).collect::<Vec<_>>()), "must have exactly one version marked as storage version"));
+        errors.push(FieldError::invalid(
+            "spec.versions",
+            &json!(
+                versions
+                    .iter()
+                    .map(|v| v["name"].clone())
+                    .collect::<Vec<_>>()
+            ),
+            "must have exactly one version marked as storage version",
+        ));
     }
     let mut seen = Vec::new();
     for (i, v) in versions.iter().enumerate() {
         let version = v["name"].as_str().unwrap_or_default();
         if !dns_label(version) {
-            errors.push(FieldError::invalid(format!("spec.versions[{i}].name"), &v["name"], "a DNS-1035 label must consist of lower case alphanumeric characters or '-'"));
+            errors.push(FieldError::invalid(
+                format!("spec.versions[{i}].name"),
+                &v["name"],
+                "a DNS-1035 label must consist of lower case alphanumeric characters or '-'",
+            ));
         }
         if seen.contains(&version) {
-            errors.push(FieldError::duplicate(format!("spec.versions[{i}].name"), &v["name"]));
+            errors.push(FieldError::duplicate(
+                format!("spec.versions[{i}].name"),
+                &v["name"],
+            ));
         }
         seen.push(version);
         match v.pointer("/schema/openAPIV3Schema") {
-            Some(s) => schema::check_schema(s, &format!("spec.versions[{i}].schema.openAPIV3Schema"), &mut errors),
-            None => errors.push(FieldError::required(format!("spec.versions[{i}].schema.openAPIV3Schema"), "schemas are required")),
+            Some(s) => schema::check_schema(
+                s,
+                &format!("spec.versions[{i}].schema.openAPIV3Schema"),
+                &mut errors,
+            ),
+            None => errors.push(FieldError::required(
+                format!("spec.versions[{i}].schema.openAPIV3Schema"),
+                "schemas are required",
+            )),
         }
     }
     if !versions.iter().any(|v| v["served"].as_bool() == Some(true)) && !versions.is_empty() {
-        errors.push(FieldError::invalid("spec.versions", &json!(seen), "must have at least one served version"));
+        errors.push(FieldError::invalid(
+            "spec.versions",
+            &json!(seen),
+            "must have at least one served version",
+        ));
     }
     if let Some(old) = old {
         for field in ["group", "scope"] {
             if old["spec"][field] != spec[field] {
-                errors.push(FieldError::invalid(format!("spec.{field}"), &spec[field], "field is immutable"));
+                errors.push(FieldError::invalid(
+                    format!("spec.{field}"),
+                    &spec[field],
+                    "field is immutable",
+                ));
             }
         }
     }
@@ -278,29 +390,51 @@ pub async fn run(registry: Arc<Registry>) {
 }
 
 fn remove(registry: &Registry, crd: &Value) {
-    let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default();
-    let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default();
+    let group = crd
+        .pointer("/spec/group")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let plural = crd
+        .pointer("/spec/names/plural")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     registry.catalog.remove(group, plural);
     tracing::info!(crd = object::name(crd), "stopped serving custom resource");
 }
 
 fn crd_scope(registry: &Registry) -> Option<Scope> {
-    let def = registry.catalog.lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions")?;
-    Some(Scope { def, namespace: None })
+    let def = registry
+        .catalog
+        .lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions")?;
+    Some(Scope {
+        def,
+        namespace: None,
+    })
 }
 
 async fn reconcile(registry: &Arc<Registry>, crd: Value) {
     let name = object::name(&crd).to_string();
     if object::is_deleting(&crd) {
-        if object::finalizers(&crd).iter().any(|f| f == CLEANUP_FINALIZER) {
+        if object::finalizers(&crd)
+            .iter()
+            .any(|f| f == CLEANUP_FINALIZER)
+        {
             let registry = registry.clone();
             // Cleanup may take a while (objects with finalizers); don't hold up other CRDs.
             tokio::spawn(async move { cleanup(&registry, crd).await });
         }
         return;
     }
-    let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default().to_string();
-    let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default().to_string();
+    let group = crd
+        .pointer("/spec/group")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let plural = crd
+        .pointer("/spec/names/plural")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let defs = resource_defs(&crd);
     let conflict = registry
         .catalog
@@ -314,7 +448,9 @@ async fn reconcile(registry: &Arc<Registry>, crd: Value) {
         }
         tracing::info!(crd = %name, "serving custom resource");
     }
-    let Some(scope) = crd_scope(registry) else { return };
+    let Some(scope) = crd_scope(registry) else {
+        return;
+    };
     let storage = crd
         .pointer("/spec/versions")
         .and_then(Value::as_array)
@@ -355,7 +491,14 @@ async fn reconcile(registry: &Arc<Registry>, crd: Value) {
 }
 
 /// A condition, keeping its transition time when its status did not change.
-fn condition(current: &Value, type_: &str, status: &str, reason: &str, message: &str, now: &str) -> Value {
+fn condition(
+    current: &Value,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    now: &str,
+) -> Value {
     let previous = current
         .pointer("/status/conditions")
         .and_then(Value::as_array)
@@ -370,15 +513,37 @@ fn condition(current: &Value, type_: &str, status: &str, reason: &str, message: 
 /// Deletes every object of a CRD that is being deleted, then releases the CRD.
 async fn cleanup(registry: &Arc<Registry>, crd: Value) {
     let name = object::name(&crd).to_string();
-    let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default().to_string();
-    let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default().to_string();
+    let group = crd
+        .pointer("/spec/group")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let plural = crd
+        .pointer("/spec/names/plural")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     loop {
-        let def = registry.catalog.all().into_iter().find(|d| d.group == group && d.plural == plural && d.custom.is_some());
+        let def = registry
+            .catalog
+            .all()
+            .into_iter()
+            .find(|d| d.group == group && d.plural == plural && d.custom.is_some());
         let remaining = match def {
             Some(def) => {
-                let scope = Scope { def, namespace: None };
-                match registry.delete_collection(&scope, &Query::default(), &DeleteOptions::default()).await {
-                    Ok(_) => registry.list(&scope, &Query::default()).await.map(|l| l.items.len()).unwrap_or(1),
+                let scope = Scope {
+                    def,
+                    namespace: None,
+                };
+                match registry
+                    .delete_collection(&scope, &Query::default(), &DeleteOptions::default())
+                    .await
+                {
+                    Ok(_) => registry
+                        .list(&scope, &Query::default())
+                        .await
+                        .map(|l| l.items.len())
+                        .unwrap_or(1),
                     Err(e) => {
                         tracing::warn!(crd = %name, error = %e, "deleting custom resources");
                         1
@@ -393,11 +558,16 @@ async fn cleanup(registry: &Arc<Registry>, crd: Value) {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
     registry.catalog.remove(&group, &plural);
-    let Some(scope) = crd_scope(registry) else { return };
+    let Some(scope) = crd_scope(registry) else {
+        return;
+    };
     let result = registry
         .guaranteed_update(&scope, &name, None, false, |current| {
             let mut next = current.clone();
-            let finalizers: Vec<String> = object::finalizers(current).into_iter().filter(|f| f != CLEANUP_FINALIZER).collect();
+            let finalizers: Vec<String> = object::finalizers(current)
+                .into_iter()
+                .filter(|f| f != CLEANUP_FINALIZER)
+                .collect();
             object::meta_mut(&mut next).insert("finalizers".into(), json!(finalizers));
             Ok(next)
         })
@@ -438,7 +608,10 @@ mod tests {
         let defs = resource_defs(&crd());
         assert_eq!(defs.len(), 2);
         assert_eq!((defs[0].version.as_str(), defs[0].preferred), ("v1", true));
-        assert_eq!((defs[1].version.as_str(), defs[1].preferred), ("v1beta1", false));
+        assert_eq!(
+            (defs[1].version.as_str(), defs[1].preferred),
+            ("v1beta1", false)
+        );
         assert_eq!(defs[0].short_names, vec!["wd"]);
         assert!(defs[0].has(Subresource::Status) && defs[0].has(Subresource::Scale));
         assert!(!defs[1].has(Subresource::Status));
@@ -449,7 +622,11 @@ mod tests {
 
     #[test]
     fn crd_validation_catches_common_mistakes() {
-        assert!(validate(&crd(), None).is_empty(), "{:?}", validate(&crd(), None));
+        assert!(
+            validate(&crd(), None).is_empty(),
+            "{:?}",
+            validate(&crd(), None)
+        );
         let mut bad = crd();
         bad["metadata"]["name"] = json!("widgets.other.com");
         bad["spec"]["versions"][0]["storage"] = json!(true);
@@ -462,8 +639,15 @@ mod tests {
 
     #[test]
     fn version_priority_orders_like_kubernetes() {
-        let mut versions = vec!["v1alpha1", "foo", "v2beta1", "v1", "v2", "v1beta2", "v1beta1"];
+        let mut versions = vec![
+            "v1alpha1", "foo", "v2beta1", "v1", "v2", "v1beta2", "v1beta1",
+        ];
         versions.sort_by_key(|v| version_priority(v));
-        assert_eq!(versions, vec!["v2", "v1", "v2beta1", "v1beta2", "v1beta1", "v1alpha1", "foo"]);
+        assert_eq!(
+            versions,
+            vec![
+                "v2", "v1", "v2beta1", "v1beta2", "v1beta1", "v1alpha1", "foo"
+            ]
+        );
     }
 }

@@ -23,7 +23,11 @@ pub struct StructuralSchema {
 }
 
 fn join(path: &str, field: &str) -> String {
-    if path.is_empty() { field.to_string() } else { format!("{path}.{field}") }
+    if path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
 }
 
 fn type_of(value: &Value) -> &'static str {
@@ -91,7 +95,10 @@ fn prune(schema: &Value, value: &mut Value, root: bool) {
                     if let Some(child) = map.get_mut(&key) {
                         prune(sub, child, false);
                     }
-                } else if !keep_meta && !preserve && schema.get("additionalProperties") != Some(&Value::Bool(true)) {
+                } else if !keep_meta
+                    && !preserve
+                    && schema.get("additionalProperties") != Some(&Value::Bool(true))
+                {
                     map.remove(&key);
                 }
             }
@@ -119,7 +126,9 @@ fn apply_defaults(schema: &Value, value: &mut Value, root: bool) {
                         Some(child) if !child.is_null() => apply_defaults(sub, child, false),
                         Some(child) => {
                             // An explicit null takes the default only when the field may not be null.
-                            if let Some(default) = sub.get("default").filter(|_| !flag(sub, "nullable")) {
+                            if let Some(default) =
+                                sub.get("default").filter(|_| !flag(sub, "nullable"))
+                            {
                                 *child = default.clone();
                                 apply_defaults(sub, child, false);
                             }
@@ -159,30 +168,58 @@ fn shown(value: &Value) -> String {
 }
 
 fn invalid(path: &str, value: &Value, detail: String) -> FieldError {
-    FieldError { reason: "FieldValueInvalid", field: path.to_string(), message: format!("Invalid value: {}: {detail}", shown(value)) }
+    FieldError {
+        reason: "FieldValueInvalid",
+        field: path.to_string(),
+        message: format!("Invalid value: {}: {detail}", shown(value)),
+    }
 }
 
 fn body_path(path: &str) -> String {
-    if path.is_empty() { "body".to_string() } else { format!("{path} in body") }
+    if path.is_empty() {
+        "body".to_string()
+    } else {
+        format!("{path} in body")
+    }
 }
 
 fn validate(schema: &Value, value: &Value, path: &str, root: bool, errors: &mut Vec<FieldError>) {
     if value.is_null() {
         if !flag(schema, "nullable") && schema.get("type").is_some() {
-            errors.push(invalid(path, value, format!("{} must be of type {}: \"null\"", body_path(path), schema["type"].as_str().unwrap_or("object"))));
+            errors.push(invalid(
+                path,
+                value,
+                format!(
+                    "{} must be of type {}: \"null\"",
+                    body_path(path),
+                    schema["type"].as_str().unwrap_or("object")
+                ),
+            ));
         }
         return;
     }
     let int_or_string = flag(schema, "x-kubernetes-int-or-string");
     if int_or_string {
         if !matches!(value, Value::String(_)) && type_of(value) != "integer" {
-            errors.push(invalid(path, value, format!("{} must be of type integer or string: {:?}", body_path(path), type_of(value))));
+            errors.push(invalid(
+                path,
+                value,
+                format!(
+                    "{} must be of type integer or string: {:?}",
+                    body_path(path),
+                    type_of(value)
+                ),
+            ));
         }
     } else if let Some(expected) = schema.get("type").and_then(Value::as_str) {
         let actual = type_of(value);
         let ok = actual == expected || (expected == "number" && actual == "integer");
         if !ok {
-            errors.push(invalid(path, value, format!("{} must be of type {expected}: {actual:?}", body_path(path))));
+            errors.push(invalid(
+                path,
+                value,
+                format!("{} must be of type {expected}: {actual:?}", body_path(path)),
+            ));
             return;
         }
     }
@@ -193,19 +230,31 @@ fn validate(schema: &Value, value: &Value, path: &str, root: bool, errors: &mut 
         errors.push(FieldError {
             reason: "FieldValueNotSupported",
             field: path.to_string(),
-            message: format!("Unsupported value: {}: supported values: {}", shown(value), supported.join(", ")),
+            message: format!(
+                "Unsupported value: {}: supported values: {}",
+                shown(value),
+                supported.join(", ")
+            ),
         });
     }
     match value {
         Value::String(s) => validate_string(schema, s, value, path, errors),
-        Value::Number(n) => validate_number(schema, n.as_f64().unwrap_or_default(), value, path, errors),
+        Value::Number(n) => {
+            validate_number(schema, n.as_f64().unwrap_or_default(), value, path, errors)
+        }
         Value::Array(items) => validate_array(schema, items, value, path, errors),
         Value::Object(map) => validate_object(schema, map, path, root, errors),
         _ => {}
     }
 }
 
-fn validate_string(schema: &Value, s: &str, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+fn validate_string(
+    schema: &Value,
+    s: &str,
+    value: &Value,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) {
     let length = s.chars().count() as u64;
     if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
         && length > max
@@ -219,52 +268,108 @@ fn validate_string(schema: &Value, s: &str, value: &Value, path: &str, errors: &
     if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
         && length < min
     {
-        errors.push(invalid(path, value, format!("{} should be at least {min} chars long", body_path(path))));
+        errors.push(invalid(
+            path,
+            value,
+            format!("{} should be at least {min} chars long", body_path(path)),
+        ));
     }
     if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
         match regex::Regex::new(pattern) {
             Ok(re) if !re.is_match(s) => {
-                errors.push(invalid(path, value, format!("{} should match '{pattern}'", body_path(path))));
+                errors.push(invalid(
+                    path,
+                    value,
+                    format!("{} should match '{pattern}'", body_path(path)),
+                ));
             }
             Ok(_) => {}
-            Err(_) => errors.push(invalid(path, value, format!("the schema's pattern '{pattern}' is not a valid regular expression"))),
+            Err(_) => errors.push(invalid(
+                path,
+                value,
+                format!("the schema's pattern '{pattern}' is not a valid regular expression"),
+            )),
         }
     }
 }
 
-fn validate_number(schema: &Value, n: f64, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+fn validate_number(
+    schema: &Value,
+    n: f64,
+    value: &Value,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) {
     if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
         let exclusive = flag(schema, "exclusiveMaximum");
         if n > max || (exclusive && n >= max) {
-            let how = if exclusive { "less than" } else { "less than or equal to" };
-            errors.push(invalid(path, value, format!("{} should be {how} {}", body_path(path), schema["maximum"])));
+            let how = if exclusive {
+                "less than"
+            } else {
+                "less than or equal to"
+            };
+            errors.push(invalid(
+                path,
+                value,
+                format!("{} should be {how} {}", body_path(path), schema["maximum"]),
+            ));
         }
     }
     if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
         let exclusive = flag(schema, "exclusiveMinimum");
         if n < min || (exclusive && n <= min) {
-            let how = if exclusive { "greater than" } else { "greater than or equal to" };
-            errors.push(invalid(path, value, format!("{} should be {how} {}", body_path(path), schema["minimum"])));
+            let how = if exclusive {
+                "greater than"
+            } else {
+                "greater than or equal to"
+            };
+            errors.push(invalid(
+                path,
+                value,
+                format!("{} should be {how} {}", body_path(path), schema["minimum"]),
+            ));
         }
     }
     if let Some(multiple) = schema.get("multipleOf").and_then(Value::as_f64)
         && multiple > 0.0
         && (n / multiple).fract().abs() > f64::EPSILON
     {
-        errors.push(invalid(path, value, format!("{} should be a multiple of {}", body_path(path), schema["multipleOf"])));
+        errors.push(invalid(
+            path,
+            value,
+            format!(
+                "{} should be a multiple of {}",
+                body_path(path),
+                schema["multipleOf"]
+            ),
+        ));
     }
 }
 
-fn validate_array(schema: &Value, items: &[Value], value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+fn validate_array(
+    schema: &Value,
+    items: &[Value],
+    value: &Value,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) {
     if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
         && items.len() as u64 > max
     {
-        errors.push(FieldError { reason: "FieldValueTooMany", field: path.to_string(), message: format!("Too many: {}: must have at most {max} items", items.len()) });
+        errors.push(FieldError {
+            reason: "FieldValueTooMany",
+            field: path.to_string(),
+            message: format!("Too many: {}: must have at most {max} items", items.len()),
+        });
     }
     if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
         && (items.len() as u64) < min
     {
-        errors.push(invalid(path, value, format!("{} should have at least {min} items", body_path(path))));
+        errors.push(invalid(
+            path,
+            value,
+            format!("{} should have at least {min} items", body_path(path)),
+        ));
     }
     if let Some(sub) = schema.get("items") {
         for (i, item) in items.iter().enumerate() {
@@ -276,7 +381,11 @@ fn validate_array(schema: &Value, items: &[Value], value: &Value, path: &str, er
             let mut seen = Vec::new();
             for (i, item) in items.iter().enumerate() {
                 if seen.contains(&item) {
-                    errors.push(FieldError { reason: "FieldValueDuplicate", field: format!("{path}[{i}]"), message: format!("Duplicate value: {}", shown(item)) });
+                    errors.push(FieldError {
+                        reason: "FieldValueDuplicate",
+                        field: format!("{path}[{i}]"),
+                        message: format!("Duplicate value: {}", shown(item)),
+                    });
                 }
                 seen.push(item);
             }
@@ -285,14 +394,26 @@ fn validate_array(schema: &Value, items: &[Value], value: &Value, path: &str, er
             let keys: Vec<String> = schema
                 .get("x-kubernetes-list-map-keys")
                 .and_then(Value::as_array)
-                .map(|k| k.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                .map(|k| {
+                    k.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
                 .unwrap_or_default();
             let mut seen: BTreeSet<String> = BTreeSet::new();
             for (i, item) in items.iter().enumerate() {
-                let key: Map<String, Value> = keys.iter().map(|k| (k.clone(), item.get(k).cloned().unwrap_or(Value::Null))).collect();
+                let key: Map<String, Value> = keys
+                    .iter()
+                    .map(|k| (k.clone(), item.get(k).cloned().unwrap_or(Value::Null)))
+                    .collect();
                 let rendered = Value::Object(key).to_string();
                 if !seen.insert(rendered.clone()) {
-                    errors.push(FieldError { reason: "FieldValueDuplicate", field: format!("{path}[{i}]"), message: format!("Duplicate value: {rendered}") });
+                    errors.push(FieldError {
+                        reason: "FieldValueDuplicate",
+                        field: format!("{path}[{i}]"),
+                        message: format!("Duplicate value: {rendered}"),
+                    });
                 }
             }
         }
@@ -300,7 +421,13 @@ fn validate_array(schema: &Value, items: &[Value], value: &Value, path: &str, er
     }
 }
 
-fn validate_object(schema: &Value, map: &Map<String, Value>, path: &str, root: bool, errors: &mut Vec<FieldError>) {
+fn validate_object(
+    schema: &Value,
+    map: &Map<String, Value>,
+    path: &str,
+    root: bool,
+    errors: &mut Vec<FieldError>,
+) {
     if let Some(required) = schema.get("required").and_then(Value::as_array) {
         for field in required.iter().filter_map(Value::as_str) {
             if !map.contains_key(field) {
@@ -311,12 +438,20 @@ fn validate_object(schema: &Value, map: &Map<String, Value>, path: &str, root: b
     if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
         && map.len() as u64 > max
     {
-        errors.push(FieldError { reason: "FieldValueTooMany", field: path.to_string(), message: format!("Too many: {}: must have at most {max} items", map.len()) });
+        errors.push(FieldError {
+            reason: "FieldValueTooMany",
+            field: path.to_string(),
+            message: format!("Too many: {}: must have at most {max} items", map.len()),
+        });
     }
     if let Some(min) = schema.get("minProperties").and_then(Value::as_u64)
         && (map.len() as u64) < min
     {
-        errors.push(invalid(path, &Value::Object(map.clone()), format!("{} should have at least {min} properties", body_path(path))));
+        errors.push(invalid(
+            path,
+            &Value::Object(map.clone()),
+            format!("{} should have at least {min} properties", body_path(path)),
+        ));
     }
     let properties = schema.get("properties").and_then(Value::as_object);
     let additional = schema.get("additionalProperties").filter(|a| a.is_object());
@@ -344,12 +479,19 @@ pub fn check_schema(schema: &Value, path: &str, errors: &mut Vec<FieldError>) {
         || flag(schema, "x-kubernetes-preserve-unknown-fields")
         || flag(schema, "x-kubernetes-int-or-string");
     if !typed {
-        errors.push(FieldError::required(join(path, "type"), "must not be empty for specified object fields"));
+        errors.push(FieldError::required(
+            join(path, "type"),
+            "must not be empty for specified object fields",
+        ));
     }
     if let Some(pattern) = obj.get("pattern").and_then(Value::as_str)
         && regex::Regex::new(pattern).is_err()
     {
-        errors.push(FieldError::invalid(join(path, "pattern"), &Value::String(pattern.to_string()), "must be a valid regular expression"));
+        errors.push(FieldError::invalid(
+            join(path, "pattern"),
+            &Value::String(pattern.to_string()),
+            "must be a valid regular expression",
+        ));
     }
     if let Some(properties) = obj.get("properties").and_then(Value::as_object) {
         for (name, sub) in properties {
@@ -401,7 +543,10 @@ mod tests {
     fn prunes_unknown_fields_but_keeps_preserved_ones() {
         let mut obj = json!({"apiVersion": "x/v1", "kind": "K", "metadata": {"name": "a"}, "spec": {"size": "s", "bogus": 1, "extra": {"anything": {"goes": true}}, "labels": {"a": "b"}}, "junk": 2});
         schema().prune(&mut obj);
-        assert_eq!(obj, json!({"apiVersion": "x/v1", "kind": "K", "metadata": {"name": "a"}, "spec": {"size": "s", "extra": {"anything": {"goes": true}}, "labels": {"a": "b"}}}));
+        assert_eq!(
+            obj,
+            json!({"apiVersion": "x/v1", "kind": "K", "metadata": {"name": "a"}, "spec": {"size": "s", "extra": {"anything": {"goes": true}}, "labels": {"a": "b"}}})
+        );
     }
 
     #[test]
@@ -417,23 +562,58 @@ mod tests {
         let obj = json!({"spec": {"size": "xl", "replicas": "three", "name": "ABC", "tags": ["a", "a"], "ports": [{"port": 1}, {"port": 1}], "port": true}});
         let errors = schema().validate(&obj);
         let text: Vec<String> = errors.iter().map(FieldError::render).collect();
-        assert!(text.contains(&r#"spec.size: Unsupported value: "xl": supported values: "s", "m", "l""#.to_string()), "{text:?}");
+        assert!(
+            text.contains(
+                &r#"spec.size: Unsupported value: "xl": supported values: "s", "m", "l""#
+                    .to_string()
+            ),
+            "{text:?}"
+        );
         assert!(text.contains(&r#"spec.replicas: Invalid value: "three": spec.replicas in body must be of type integer: "string""#.to_string()), "{text:?}");
-        assert!(text.contains(&r#"spec.name: Invalid value: "ABC": spec.name in body should match '^[a-z]+$'"#.to_string()), "{text:?}");
-        assert!(text.iter().any(|t| t.starts_with("spec.tags[1]: Duplicate value")), "{text:?}");
-        assert!(text.iter().any(|t| t.starts_with("spec.ports[1]: Duplicate value")), "{text:?}");
-        assert!(text.iter().any(|t| t.starts_with("spec.port: Invalid value: true")), "{text:?}");
+        assert!(
+            text.contains(
+                &r#"spec.name: Invalid value: "ABC": spec.name in body should match '^[a-z]+$'"#
+                    .to_string()
+            ),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("spec.tags[1]: Duplicate value")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("spec.ports[1]: Duplicate value")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("spec.port: Invalid value: true")),
+            "{text:?}"
+        );
         let missing = schema().validate(&json!({"spec": {}}));
         assert_eq!(missing[0].render(), "spec.size: Required value");
         let bounds = schema().validate(&json!({"spec": {"size": "s", "replicas": 20}}));
-        assert_eq!(bounds[0].render(), "spec.replicas: Invalid value: 20: spec.replicas in body should be less than or equal to 10");
-        assert!(schema().validate(&json!({"spec": {"size": "m", "replicas": 3, "port": "http"}})).is_empty());
+        assert_eq!(
+            bounds[0].render(),
+            "spec.replicas: Invalid value: 20: spec.replicas in body should be less than or equal to 10"
+        );
+        assert!(
+            schema()
+                .validate(&json!({"spec": {"size": "m", "replicas": 3, "port": "http"}}))
+                .is_empty()
+        );
     }
 
     #[test]
     fn non_structural_schemas_are_refused() {
         let mut errors = Vec::new();
-        check_schema(&json!({"type": "object", "properties": {"a": {"description": "no type"}, "b": {"type": "string", "pattern": "("}}}), "spec.versions[0].schema.openAPIV3Schema", &mut errors);
+        check_schema(
+            &json!({"type": "object", "properties": {"a": {"description": "no type"}, "b": {"type": "string", "pattern": "("}}}),
+            "spec.versions[0].schema.openAPIV3Schema",
+            &mut errors,
+        );
         assert_eq!(errors.len(), 2, "{errors:?}");
     }
 }

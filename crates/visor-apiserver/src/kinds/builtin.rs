@@ -225,7 +225,7 @@ pub fn resources() -> Vec<ResourceDef> {
         .columns(printers::clusterrolebinding()),
         ResourceDef::new("rbac.authorization.k8s.io", "v1", "Role", "roles", true)
             .path_segment_names()
-        .typed::<rbac::v1::Role>()
+            .typed::<rbac::v1::Role>()
             .columns(printers::role()),
         ResourceDef::new(
             "rbac.authorization.k8s.io",

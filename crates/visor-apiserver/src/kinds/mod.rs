@@ -226,7 +226,8 @@ pub type Validator = fn(new: &Value, old: Option<&Value>) -> Vec<FieldError>;
 
 /// Answers a create of a resource that is never stored (access reviews): given the request's
 /// namespace and the decoded body, returns the object to send back.
-pub type VirtualCreate = fn(namespace: Option<&str>, body: Value) -> crate::errors::ApiResult<Value>;
+pub type VirtualCreate =
+    fn(namespace: Option<&str>, body: Value) -> crate::errors::ApiResult<Value>;
 
 /// The verbs of an ordinary resource's main endpoint, as discovery lists them.
 pub const ALL_VERBS: &[&str] = &[

@@ -176,6 +176,47 @@ fn unknown_fields(
     }
 }
 
+/// Removes the fields `shape` does not declare, as upstream's typed decoding drops them.
+pub fn prune_unknown(schemas: &FieldSchemas, shape: &Shape, value: &mut Value, depth: usize) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    match (shape, value) {
+        (Shape::Ref(name), value) => {
+            if let Some(target) = schemas.get(name) {
+                prune_unknown(schemas, target, value, depth + 1);
+            }
+        }
+        (
+            Shape::Object {
+                properties,
+                preserve_unknown,
+            },
+            Value::Object(fields),
+        ) => {
+            if !preserve_unknown {
+                fields.retain(|key, _| properties.contains_key(key));
+            }
+            for (key, child) in fields.iter_mut() {
+                if let Some(s) = properties.get(key) {
+                    prune_unknown(schemas, s, child, depth + 1);
+                }
+            }
+        }
+        (Shape::Map(values), Value::Object(fields)) => {
+            for child in fields.values_mut() {
+                prune_unknown(schemas, values, child, depth + 1);
+            }
+        }
+        (Shape::Array(items), Value::Array(elements)) => {
+            for child in elements {
+                prune_unknown(schemas, items, child, depth + 1);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Paths of keys an object in the JSON text repeats. Not JSON (YAML, protobuf, or
 /// malformed) yields nothing: those bodies are checked by their own decoders.
 pub fn duplicate_fields(raw: &[u8]) -> Vec<String> {

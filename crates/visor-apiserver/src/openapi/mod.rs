@@ -1135,6 +1135,16 @@ pub fn validate_fields(
     )))
 }
 
+/// Drops the fields a kind's schema does not declare (built-in kinds; custom resources are
+/// pruned by their structural schema). Kinds without a schema are left as they are.
+pub fn prune_fields(catalog: &Catalog, def: &ResourceDef, obj: &mut Value) {
+    let index = catalog.openapi.fields(catalog);
+    let key = (def.group.clone(), def.version.clone(), def.kind.clone());
+    if let Some(root) = index.roots.get(&key) {
+        fields::prune_unknown(&index.schemas, &Shape::Ref(root.clone()), obj, 0);
+    }
+}
+
 /// A `Warning` header value as upstream writes it: code 299, no agent, the text quoted.
 pub fn warning_header(text: &str) -> String {
     let mut quoted = String::with_capacity(text.len() + 2);

@@ -13,7 +13,7 @@
 //! value (`replicas: 0`), an absent one is omitted. A few apimachinery types marshal to JSON by
 //! hand in Go (times, durations, quantities, int-or-string, raw JSON); [`Special`] names them.
 
-mod schema;
+pub(crate) mod schema;
 
 use base64::Engine;
 use serde_json::{Map, Number, Value};
@@ -30,7 +30,7 @@ const MAX_DEPTH: usize = 100;
 /// regenerated from newer protos that do still compiles and decodes.
 #[derive(Clone, Copy, Debug)]
 #[allow(dead_code)]
-enum Kind {
+pub(crate) enum Kind {
     String,
     Int32,
     Int64,
@@ -46,7 +46,7 @@ enum Kind {
 
 /// How a field appears in its message.
 #[derive(Clone, Copy, Debug)]
-enum Shape {
+pub(crate) enum Shape {
     /// A proto2 optional field: present or absent.
     Single,
     Repeated,
@@ -58,7 +58,7 @@ enum Shape {
 
 /// Messages whose JSON form is not an object of their fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Special {
+pub(crate) enum Special {
     None,
     /// meta/v1 Time {1: seconds, 2: nanos}: RFC 3339 to the second, UTC.
     Time,
@@ -84,20 +84,20 @@ enum Special {
 
 /// One field of a message.
 #[derive(Debug)]
-struct Field {
-    tag: u32,
+pub(crate) struct Field {
+    pub(crate) tag: u32,
     /// The JSON name; empty for [`Shape::Inline`].
-    json: &'static str,
-    kind: Kind,
-    shape: Shape,
+    pub(crate) json: &'static str,
+    pub(crate) kind: Kind,
+    pub(crate) shape: Shape,
 }
 
 /// One message: its fields sorted by tag.
 #[derive(Debug)]
-struct Message {
-    name: &'static str,
-    special: Special,
-    fields: &'static [Field],
+pub(crate) struct Message {
+    pub(crate) name: &'static str,
+    pub(crate) special: Special,
+    pub(crate) fields: &'static [Field],
 }
 
 /// Decodes a `application/vnd.kubernetes.protobuf` body into the object's JSON form, with

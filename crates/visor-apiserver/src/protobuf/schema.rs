@@ -7,7 +7,7 @@
 use super::{Field, Kind, Message, Shape, Special};
 
 /// Every message, sorted by full name; [`Kind::Message`] holds an index into this table.
-pub(super) static MESSAGES: &[Message] = &[
+pub(crate) static MESSAGES: &[Message] = &[
     // 0
     Message {
         name: "k8s.io.api.admission.v1.AdmissionRequest",
@@ -34533,7 +34533,7 @@ pub(super) static MESSAGES: &[Message] = &[
 ];
 
 /// (apiVersion, kind) of top-level objects to their message, sorted for binary search.
-pub(super) static KINDS: &[(&str, &str, usize)] = &[
+pub(crate) static KINDS: &[(&str, &str, usize)] = &[
     (
         "admissionregistration.k8s.io/v1",
         "MutatingWebhookConfiguration",
@@ -35069,7 +35069,7 @@ pub(super) static KINDS: &[(&str, &str, usize)] = &[
 ];
 
 /// meta/v1 kinds accepted under any apiVersion, sorted by kind.
-pub(super) static ANY_VERSION_KINDS: &[(&str, usize)] = &[
+pub(crate) static ANY_VERSION_KINDS: &[(&str, usize)] = &[
     ("ApplyOptions", 1175),
     ("CreateOptions", 1177),
     ("DeleteOptions", 1178),

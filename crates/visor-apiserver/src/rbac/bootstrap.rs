@@ -602,7 +602,10 @@ mod tests {
         let rules = aggregated_rules(&view_role, &roles).unwrap();
         assert!(rules.iter().any(|r| r["resources"] == json!(["widgets"])));
         // An aggregating role never includes itself.
-        assert!(aggregated_rules(&roles[0], &roles[..1]).is_none(), "cluster-admin does not aggregate");
+        assert!(
+            aggregated_rules(&roles[0], &roles[..1]).is_none(),
+            "cluster-admin does not aggregate"
+        );
     }
 
     fn to_label(name: &str) -> Value {

@@ -47,7 +47,17 @@ impl Element {
             Element::Field(f) => format!(".{f}"),
             Element::Key(k) => {
                 let fields: BTreeMap<String, Value> = serde_json::from_str(k).unwrap_or_default();
-                let parts: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))).collect();
+                let parts: Vec<String> = fields
+                    .iter()
+                    .map(|(k, v)| {
+                        format!(
+                            "{k}={}",
+                            v.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| v.to_string())
+                        )
+                    })
+                    .collect();
                 format!("[{}]", parts.join(","))
             }
             Element::Value(v) => format!("[={v}]"),
@@ -188,8 +198,16 @@ mod tests {
     fn fields_v1_round_trips() {
         let v = json!({"f:metadata": {"f:labels": {"f:app": {}}}, "f:spec": {"f:containers": {"k:{\"name\":\"c\"}": {".": {}, "f:image": {}}}}});
         let set = FieldSet::from_fields_v1(&v);
-        assert!(set.contains(&[Element::Field("metadata".into()), Element::Field("labels".into()), Element::Field("app".into())]));
-        assert!(set.contains(&[Element::Field("spec".into()), Element::Field("containers".into()), Element::Key("{\"name\":\"c\"}".into())]));
+        assert!(set.contains(&[
+            Element::Field("metadata".into()),
+            Element::Field("labels".into()),
+            Element::Field("app".into())
+        ]));
+        assert!(set.contains(&[
+            Element::Field("spec".into()),
+            Element::Field("containers".into()),
+            Element::Key("{\"name\":\"c\"}".into())
+        ]));
         assert_eq!(set.to_fields_v1(), v);
     }
 
@@ -197,7 +215,12 @@ mod tests {
     fn difference_and_display() {
         let mut a = FieldSet::default();
         let p1 = vec![Element::Field("data".into()), Element::Field("a".into())];
-        let p2 = vec![Element::Field("spec".into()), Element::Field("ports".into()), Element::Key("{\"port\":80}".into()), Element::Field("name".into())];
+        let p2 = vec![
+            Element::Field("spec".into()),
+            Element::Field("ports".into()),
+            Element::Key("{\"port\":80}".into()),
+            Element::Field("name".into()),
+        ];
         a.insert(&p1);
         a.insert(&p2);
         let mut b = FieldSet::default();

@@ -43,11 +43,30 @@ impl Entry {
     fn parse(v: &Value) -> Option<Entry> {
         Some(Entry {
             manager: v.get("manager")?.as_str()?.to_string(),
-            operation: v.get("operation").and_then(Value::as_str).unwrap_or("Update").to_string(),
-            api_version: v.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string(),
-            time: v.get("time").and_then(Value::as_str).unwrap_or_default().to_string(),
-            subresource: v.get("subresource").and_then(Value::as_str).unwrap_or_default().to_string(),
-            fields: v.get("fieldsV1").map(FieldSet::from_fields_v1).unwrap_or_default(),
+            operation: v
+                .get("operation")
+                .and_then(Value::as_str)
+                .unwrap_or("Update")
+                .to_string(),
+            api_version: v
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            time: v
+                .get("time")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            subresource: v
+                .get("subresource")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            fields: v
+                .get("fieldsV1")
+                .map(FieldSet::from_fields_v1)
+                .unwrap_or_default(),
         })
     }
 
@@ -79,7 +98,11 @@ fn read_entries(obj: Option<&Value>) -> Vec<Entry> {
 }
 
 fn write_entries(obj: &mut Value, entries: Vec<Entry>) {
-    let rendered: Vec<Value> = entries.into_iter().filter(|e| !e.fields.is_empty()).map(|e| e.render()).collect();
+    let rendered: Vec<Value> = entries
+        .into_iter()
+        .filter(|e| !e.fields.is_empty())
+        .map(|e| e.render())
+        .collect();
     let meta = crate::object::meta_mut(obj);
     if rendered.is_empty() {
         meta.remove("managedFields");
@@ -162,7 +185,9 @@ fn collect(value: &Value, ty: &dyn TypeInfo, path: &mut Path, out: &mut FieldSet
 /// `status` only through the status subresource.
 pub fn owned_fields(obj: &Value, ty: &dyn TypeInfo, subresource: &str) -> FieldSet {
     let mut out = FieldSet::default();
-    let Some(map) = obj.as_object() else { return out };
+    let Some(map) = obj.as_object() else {
+        return out;
+    };
     let mut path = Vec::new();
     for (k, v) in map {
         match k.as_str() {
@@ -173,7 +198,12 @@ pub fn owned_fields(obj: &Value, ty: &dyn TypeInfo, subresource: &str) -> FieldS
                     if let Some(v) = v.get(*field) {
                         path.push(Element::Field("metadata".into()));
                         path.push(Element::Field((*field).into()));
-                        collect(v, types::ObjectMetaType.field(field).as_ref(), &mut path, &mut out);
+                        collect(
+                            v,
+                            types::ObjectMetaType.field(field).as_ref(),
+                            &mut path,
+                            &mut out,
+                        );
                         path.clear();
                     }
                 }
@@ -196,7 +226,10 @@ fn value_at<'a>(obj: &'a Value, path: &[Element]) -> Option<&'a Value> {
             Element::Field(f) => current.get(f)?,
             Element::Key(k) => {
                 let wanted: Map<String, Value> = serde_json::from_str(k).ok()?;
-                current.as_array()?.iter().find(|item| wanted.iter().all(|(k, v)| item.get(k) == Some(v)))?
+                current
+                    .as_array()?
+                    .iter()
+                    .find(|item| wanted.iter().all(|(k, v)| item.get(k) == Some(v)))?
             }
             Element::Value(v) => {
                 let wanted: Value = serde_json::from_str(v).ok()?;
@@ -210,18 +243,29 @@ fn value_at<'a>(obj: &'a Value, path: &[Element]) -> Option<&'a Value> {
 
 /// Removes the value at a path; returns whether something was removed.
 fn remove_at(obj: &mut Value, path: &[Element]) -> bool {
-    let Some((last, parent_path)) = path.split_last() else { return false };
+    let Some((last, parent_path)) = path.split_last() else {
+        return false;
+    };
     let mut parent = obj;
     for element in parent_path {
         let next = match element {
             Element::Field(f) => parent.get_mut(f),
             Element::Key(k) => {
-                let Ok(wanted) = serde_json::from_str::<Map<String, Value>>(k) else { return false };
-                parent.as_array_mut().and_then(|a| a.iter_mut().find(|item| wanted.iter().all(|(k, v)| item.get(k) == Some(v))))
+                let Ok(wanted) = serde_json::from_str::<Map<String, Value>>(k) else {
+                    return false;
+                };
+                parent.as_array_mut().and_then(|a| {
+                    a.iter_mut()
+                        .find(|item| wanted.iter().all(|(k, v)| item.get(k) == Some(v)))
+                })
             }
             Element::Value(v) => {
-                let Ok(wanted) = serde_json::from_str::<Value>(v) else { return false };
-                parent.as_array_mut().and_then(|a| a.iter_mut().find(|item| **item == wanted))
+                let Ok(wanted) = serde_json::from_str::<Value>(v) else {
+                    return false;
+                };
+                parent
+                    .as_array_mut()
+                    .and_then(|a| a.iter_mut().find(|item| **item == wanted))
             }
             Element::Index(i) => parent.as_array_mut().and_then(|a| a.get_mut(*i)),
         };
@@ -231,17 +275,27 @@ fn remove_at(obj: &mut Value, path: &[Element]) -> bool {
         }
     }
     match last {
-        Element::Field(f) => parent.as_object_mut().is_some_and(|m| m.remove(f).is_some()),
+        Element::Field(f) => parent
+            .as_object_mut()
+            .is_some_and(|m| m.remove(f).is_some()),
         Element::Key(k) => {
-            let Ok(wanted) = serde_json::from_str::<Map<String, Value>>(k) else { return false };
-            let Some(items) = parent.as_array_mut() else { return false };
+            let Ok(wanted) = serde_json::from_str::<Map<String, Value>>(k) else {
+                return false;
+            };
+            let Some(items) = parent.as_array_mut() else {
+                return false;
+            };
             let before = items.len();
             items.retain(|item| !wanted.iter().all(|(k, v)| item.get(k) == Some(v)));
             items.len() != before
         }
         Element::Value(v) => {
-            let Ok(wanted) = serde_json::from_str::<Value>(v) else { return false };
-            let Some(items) = parent.as_array_mut() else { return false };
+            let Ok(wanted) = serde_json::from_str::<Value>(v) else {
+                return false;
+            };
+            let Some(items) = parent.as_array_mut() else {
+                return false;
+            };
             let before = items.len();
             items.retain(|item| *item != wanted);
             items.len() != before
@@ -287,7 +341,10 @@ fn merge(live: &Value, applied: &Value, ty: &dyn TypeInfo) -> Value {
                 let mut out = l.clone();
                 for item in a {
                     let key = item_key(item, &keys);
-                    match key.and_then(|key| out.iter().position(|x| item_key(x, &keys).as_deref() == Some(key.as_str()))) {
+                    match key.and_then(|key| {
+                        out.iter()
+                            .position(|x| item_key(x, &keys).as_deref() == Some(key.as_str()))
+                    }) {
                         Some(i) => out[i] = merge(&out[i], item, item_type.as_ref()),
                         None => out.push(item.clone()),
                     }
@@ -310,13 +367,22 @@ fn is_leaf(obj: &Value, path: &[Element]) -> bool {
 
 /// Applies `config` as `ctx.manager`. `live` is the current object (None when creating).
 /// Returns the object to store, managedFields included, or the conflicts.
-pub fn apply(live: Option<&Value>, config: &Value, ctx: &WriteContext, force: bool, ty: &dyn TypeInfo) -> Result<Value, Vec<Conflict>> {
+pub fn apply(
+    live: Option<&Value>,
+    config: &Value,
+    ctx: &WriteContext,
+    force: bool,
+    ty: &dyn TypeInfo,
+) -> Result<Value, Vec<Conflict>> {
     let mut entries = read_entries(live);
     let empty = json!({});
     let live_value = live.unwrap_or(&empty);
     let applied = owned_fields(config, ty, ctx.subresource);
     let last_applied: Option<Value> = live
-        .and_then(|l| l.pointer("/metadata/annotations").and_then(|a| a.get(LAST_APPLIED)))
+        .and_then(|l| {
+            l.pointer("/metadata/annotations")
+                .and_then(|a| a.get(LAST_APPLIED))
+        })
         .and_then(Value::as_str)
         .and_then(|s| serde_json::from_str(s).ok());
 
@@ -334,11 +400,17 @@ pub fn apply(live: Option<&Value>, config: &Value, ctx: &WriteContext, force: bo
                 continue;
             }
             let takeover = entry.manager == CLIENT_SIDE_APPLY_MANAGER
-                && last_applied.as_ref().is_some_and(|la| value_at(la, &path) == value_at(config, &path));
+                && last_applied
+                    .as_ref()
+                    .is_some_and(|la| value_at(la, &path) == value_at(config, &path));
             if force || takeover {
                 taken.push((i, path));
             } else {
-                conflicts.push(Conflict { manager: entry.manager.clone(), api_version: entry.api_version.clone(), field: display_path(&path) });
+                conflicts.push(Conflict {
+                    manager: entry.manager.clone(),
+                    api_version: entry.api_version.clone(),
+                    field: display_path(&path),
+                });
             }
         }
     }
@@ -350,9 +422,15 @@ pub fn apply(live: Option<&Value>, config: &Value, ctx: &WriteContext, force: bo
     }
     // A client-side apply that is taken over loses the fields the new applier now declares.
     if last_applied.is_some() {
-        for entry in entries.iter_mut().filter(|e| e.manager == CLIENT_SIDE_APPLY_MANAGER) {
+        for entry in entries
+            .iter_mut()
+            .filter(|e| e.manager == CLIENT_SIDE_APPLY_MANAGER)
+        {
             for path in applied.paths() {
-                if last_applied.as_ref().is_some_and(|la| value_at(la, &path).is_some()) {
+                if last_applied
+                    .as_ref()
+                    .is_some_and(|la| value_at(la, &path).is_some())
+                {
                     entry.fields.remove(&path);
                 }
             }
@@ -365,7 +443,10 @@ pub fn apply(live: Option<&Value>, config: &Value, ctx: &WriteContext, force: bo
         .find(|e| e.is(ctx.manager, "Apply", ctx.subresource))
         .map(|e| e.fields.clone())
         .unwrap_or_default();
-    let others: Vec<&Entry> = entries.iter().filter(|e| !e.is(ctx.manager, "Apply", ctx.subresource)).collect();
+    let others: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| !e.is(ctx.manager, "Apply", ctx.subresource))
+        .collect();
     let mut dropped: Vec<Path> = previous
         .difference(&applied)
         .paths()
@@ -404,7 +485,9 @@ pub fn apply(live: Option<&Value>, config: &Value, ctx: &WriteContext, force: bo
             m.remove("managedFields");
         }
         if let Some(text) = serde_json::to_string(&recorded).ok()
-            && let Some(annotations) = object.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut)
+            && let Some(annotations) = object
+                .pointer_mut("/metadata/annotations")
+                .and_then(Value::as_object_mut)
         {
             annotations.insert(LAST_APPLIED.into(), Value::String(text));
         }
@@ -422,11 +505,16 @@ pub fn apply(live: Option<&Value>, config: &Value, ctx: &WriteContext, force: bo
 pub fn track_update(old: Option<&Value>, new: &mut Value, ctx: &WriteContext, ty: &dyn TypeInfo) {
     let mut entries = read_entries(Some(new));
     let new_fields = owned_fields(new, ty, ctx.subresource);
-    let old_fields = old.map(|o| owned_fields(o, ty, ctx.subresource)).unwrap_or_default();
+    let old_fields = old
+        .map(|o| owned_fields(o, ty, ctx.subresource))
+        .unwrap_or_default();
     let mut changed = FieldSet::default();
     for path in new_fields.paths() {
         let differs = match old {
-            Some(o) => !old_fields.contains(&path) || (is_leaf(new, &path) && value_at(o, &path) != value_at(new, &path)),
+            Some(o) => {
+                !old_fields.contains(&path)
+                    || (is_leaf(new, &path) && value_at(o, &path) != value_at(new, &path))
+            }
             None => true,
         };
         if differs {
@@ -445,7 +533,10 @@ pub fn track_update(old: Option<&Value>, new: &mut Value, ctx: &WriteContext, ty
         }
     }
     if !changed.is_empty() {
-        match entries.iter_mut().find(|e| e.is(ctx.manager, "Update", ctx.subresource)) {
+        match entries
+            .iter_mut()
+            .find(|e| e.is(ctx.manager, "Update", ctx.subresource))
+        {
             Some(entry) => {
                 entry.fields.union(&changed);
                 entry.time = ctx.now.to_string();
@@ -467,8 +558,17 @@ pub fn track_update(old: Option<&Value>, new: &mut Value, ctx: &WriteContext, ty
 /// The manager name upstream derives from a User-Agent when no `fieldManager` is given:
 /// the part before the first `/`.
 pub fn manager_from_user_agent(user_agent: Option<&str>) -> String {
-    let agent = user_agent.unwrap_or("").split('/').next().unwrap_or("").trim();
-    if agent.is_empty() { "unknown".into() } else { agent.chars().take(128).collect() }
+    let agent = user_agent
+        .unwrap_or("")
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .trim();
+    if agent.is_empty() {
+        "unknown".into()
+    } else {
+        agent.chars().take(128).collect()
+    }
 }
 
 /// The 409 message upstream sends for apply conflicts.
@@ -477,9 +577,20 @@ pub fn conflict_message(conflicts: &[Conflict]) -> String {
     let noun = if n == 1 { "conflict" } else { "conflicts" };
     if n == 1 {
         let c = &conflicts[0];
-        return format!("Apply failed with 1 conflict: conflict with \"{}\" using {}: {}", c.manager, c.api_version, c.field);
+        return format!(
+            "Apply failed with 1 conflict: conflict with \"{}\" using {}: {}",
+            c.manager, c.api_version, c.field
+        );
     }
-    let lines: Vec<String> = conflicts.iter().map(|c| format!("- conflict with \"{}\" using {}: {}", c.manager, c.api_version, c.field)).collect();
+    let lines: Vec<String> = conflicts
+        .iter()
+        .map(|c| {
+            format!(
+                "- conflict with \"{}\" using {}: {}",
+                c.manager, c.api_version, c.field
+            )
+        })
+        .collect();
     format!("Apply failed with {n} {noun}:\n{}", lines.join("\n"))
 }
 
@@ -489,7 +600,12 @@ mod tests {
     use types::Deduced;
 
     fn ctx<'a>(manager: &'a str) -> WriteContext<'a> {
-        WriteContext { manager, api_version: "v1", subresource: "", now: "2026-01-01T00:00:00Z" }
+        WriteContext {
+            manager,
+            api_version: "v1",
+            subresource: "",
+            now: "2026-01-01T00:00:00Z",
+        }
     }
 
     fn cm(data: Value) -> Value {
@@ -498,23 +614,75 @@ mod tests {
 
     #[test]
     fn apply_owns_and_removes_what_it_no_longer_declares() {
-        let first = apply(None, &cm(json!({"a": "1", "b": "2"})), &ctx("alice"), false, &Deduced).unwrap();
-        assert_eq!(first["metadata"]["managedFields"][0]["fieldsV1"], json!({"f:data": {"f:a": {}, "f:b": {}}}));
-        let second = apply(Some(&first), &cm(json!({"a": "1"})), &ctx("alice"), false, &Deduced).unwrap();
+        let first = apply(
+            None,
+            &cm(json!({"a": "1", "b": "2"})),
+            &ctx("alice"),
+            false,
+            &Deduced,
+        )
+        .unwrap();
+        assert_eq!(
+            first["metadata"]["managedFields"][0]["fieldsV1"],
+            json!({"f:data": {"f:a": {}, "f:b": {}}})
+        );
+        let second = apply(
+            Some(&first),
+            &cm(json!({"a": "1"})),
+            &ctx("alice"),
+            false,
+            &Deduced,
+        )
+        .unwrap();
         assert_eq!(second["data"], json!({"a": "1"}));
     }
 
     #[test]
     fn conflicts_name_the_manager_and_field_and_force_takes_over() {
         let first = apply(None, &cm(json!({"a": "1"})), &ctx("alice"), false, &Deduced).unwrap();
-        let conflicts = apply(Some(&first), &cm(json!({"a": "2"})), &ctx("bob"), false, &Deduced).unwrap_err();
-        assert_eq!(conflict_message(&conflicts), "Apply failed with 1 conflict: conflict with \"alice\" using v1: .data.a");
+        let conflicts = apply(
+            Some(&first),
+            &cm(json!({"a": "2"})),
+            &ctx("bob"),
+            false,
+            &Deduced,
+        )
+        .unwrap_err();
+        assert_eq!(
+            conflict_message(&conflicts),
+            "Apply failed with 1 conflict: conflict with \"alice\" using v1: .data.a"
+        );
         // The same value is shared, not a conflict.
-        let shared = apply(Some(&first), &cm(json!({"a": "1"})), &ctx("bob"), false, &Deduced).unwrap();
-        assert_eq!(shared["metadata"]["managedFields"].as_array().unwrap().len(), 2);
-        let forced = apply(Some(&first), &cm(json!({"a": "2"})), &ctx("bob"), true, &Deduced).unwrap();
+        let shared = apply(
+            Some(&first),
+            &cm(json!({"a": "1"})),
+            &ctx("bob"),
+            false,
+            &Deduced,
+        )
+        .unwrap();
+        assert_eq!(
+            shared["metadata"]["managedFields"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        let forced = apply(
+            Some(&first),
+            &cm(json!({"a": "2"})),
+            &ctx("bob"),
+            true,
+            &Deduced,
+        )
+        .unwrap();
         assert_eq!(forced["data"]["a"], "2");
-        let managers: Vec<&str> = forced["metadata"]["managedFields"].as_array().unwrap().iter().map(|e| e["manager"].as_str().unwrap()).collect();
+        let managers: Vec<&str> = forced["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["manager"].as_str().unwrap())
+            .collect();
         assert_eq!(managers, vec!["bob"]);
         // A field another manager still owns survives its removal from one manager's config.
         let both = apply(Some(&shared), &cm(json!({})), &ctx("bob"), false, &Deduced).unwrap();
@@ -523,7 +691,14 @@ mod tests {
 
     #[test]
     fn updates_take_changed_fields_from_others() {
-        let applied = apply(None, &cm(json!({"a": "1", "b": "2"})), &ctx("alice"), false, &Deduced).unwrap();
+        let applied = apply(
+            None,
+            &cm(json!({"a": "1", "b": "2"})),
+            &ctx("alice"),
+            false,
+            &Deduced,
+        )
+        .unwrap();
         let mut edited = applied.clone();
         edited["data"]["a"] = json!("9");
         // The caller carries the current entries over.
@@ -535,7 +710,14 @@ mod tests {
         assert_eq!(entries[1]["operation"], "Update");
         assert_eq!(entries[1]["fieldsV1"], json!({"f:data": {"f:a": {}}}));
         // Now alice re-applying her old value conflicts with the editor.
-        let conflicts = apply(Some(&edited), &cm(json!({"a": "1", "b": "2"})), &ctx("alice"), false, &Deduced).unwrap_err();
+        let conflicts = apply(
+            Some(&edited),
+            &cm(json!({"a": "1", "b": "2"})),
+            &ctx("alice"),
+            false,
+            &Deduced,
+        )
+        .unwrap_err();
         assert_eq!(conflicts[0].manager, "kubectl-edit");
     }
 
@@ -554,7 +736,12 @@ mod tests {
         let entries = taken["metadata"]["managedFields"].as_array().unwrap();
         let kubectl = entries.iter().find(|e| e["manager"] == "kubectl").unwrap();
         assert_eq!(kubectl["fieldsV1"]["f:data"], json!({"f:a": {}}));
-        assert!(taken["metadata"]["annotations"][LAST_APPLIED].as_str().unwrap().contains("\"a\":\"1\""));
+        assert!(
+            taken["metadata"]["annotations"][LAST_APPLIED]
+                .as_str()
+                .unwrap()
+                .contains("\"a\":\"1\"")
+        );
     }
 
     #[test]
@@ -562,7 +749,11 @@ mod tests {
         struct Containers;
         impl TypeInfo for Containers {
             fn field(&self, name: &str) -> Box<dyn TypeInfo> {
-                if name == "spec" || name == "containers" { Box::new(Containers) } else { Box::new(Deduced) }
+                if name == "spec" || name == "containers" {
+                    Box::new(Containers)
+                } else {
+                    Box::new(Deduced)
+                }
             }
             fn items(&self) -> Box<dyn TypeInfo> {
                 Box::new(Deduced)
@@ -572,10 +763,30 @@ mod tests {
             }
         }
         let obj = |containers: Value| json!({"spec": {"containers": containers}});
-        let a = apply(None, &obj(json!([{"name": "a", "image": "x"}])), &ctx("alice"), false, &Containers).unwrap();
-        let b = apply(Some(&a), &obj(json!([{"name": "b", "image": "y"}])), &ctx("bob"), false, &Containers).unwrap();
-        assert_eq!(b["spec"]["containers"], json!([{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]));
+        let a = apply(
+            None,
+            &obj(json!([{"name": "a", "image": "x"}])),
+            &ctx("alice"),
+            false,
+            &Containers,
+        )
+        .unwrap();
+        let b = apply(
+            Some(&a),
+            &obj(json!([{"name": "b", "image": "y"}])),
+            &ctx("bob"),
+            false,
+            &Containers,
+        )
+        .unwrap();
+        assert_eq!(
+            b["spec"]["containers"],
+            json!([{"name": "a", "image": "x"}, {"name": "b", "image": "y"}])
+        );
         let a2 = apply(Some(&b), &obj(json!([])), &ctx("alice"), false, &Containers).unwrap();
-        assert_eq!(a2["spec"]["containers"], json!([{"name": "b", "image": "y"}]));
+        assert_eq!(
+            a2["spec"]["containers"],
+            json!([{"name": "b", "image": "y"}])
+        );
     }
 }

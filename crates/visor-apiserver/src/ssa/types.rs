@@ -60,7 +60,10 @@ impl TypeInfo for SchemaType {
     fn field(&self, name: &str) -> Box<dyn TypeInfo> {
         let schema = &self.0;
         let sub = schema
-            .pointer(&format!("/properties/{}", name.replace('~', "~0").replace('/', "~1")))
+            .pointer(&format!(
+                "/properties/{}",
+                name.replace('~', "~0").replace('/', "~1")
+            ))
             .or_else(|| schema.get("additionalProperties").filter(|a| a.is_object()));
         match sub {
             Some(s) => Box::new(SchemaType(s.clone())),
@@ -84,7 +87,12 @@ impl TypeInfo for SchemaType {
                 self.0
                     .get("x-kubernetes-list-map-keys")
                     .and_then(Value::as_array)
-                    .map(|k| k.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                    .map(|k| {
+                        k.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    })
                     .unwrap_or_default(),
             ),
             _ => ListType::Atomic,
@@ -141,17 +149,25 @@ mod tests {
 
     #[test]
     fn schema_extensions_decide_list_types() {
-        let schema = SchemaType(json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
-            "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["port", "protocol"], "items": {"type": "object"}},
-            "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
-            "args": {"type": "array", "items": {"type": "string"}},
-            "selector": {"type": "object", "x-kubernetes-map-type": "atomic"}
-        }}}}));
+        let schema = SchemaType(
+            json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+                "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["port", "protocol"], "items": {"type": "object"}},
+                "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
+                "args": {"type": "array", "items": {"type": "string"}},
+                "selector": {"type": "object", "x-kubernetes-map-type": "atomic"}
+            }}}}),
+        );
         let spec = schema.field("spec");
-        assert_eq!(spec.field("ports").list_type(), ListType::Map(vec!["port".into(), "protocol".into()]));
+        assert_eq!(
+            spec.field("ports").list_type(),
+            ListType::Map(vec!["port".into(), "protocol".into()])
+        );
         assert_eq!(spec.field("tags").list_type(), ListType::Set);
         assert_eq!(spec.field("args").list_type(), ListType::Atomic);
         assert!(spec.field("selector").map_is_atomic());
-        assert_eq!(schema.field("metadata").field("finalizers").list_type(), ListType::Set);
+        assert_eq!(
+            schema.field("metadata").field("finalizers").list_type(),
+            ListType::Set
+        );
     }
 }

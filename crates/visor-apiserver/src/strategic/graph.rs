@@ -1,77 +1,10 @@
 //! The type graph strategic merge walks: which message a JSON field holds, found in the
 //! generated protobuf schema table (`protobuf/schema.rs`).
 //!
-//! The table is generated once for protobuf decoding and its types are private to that module,
-//! so this module compiles the same file against a mirror of those types (same names, same
-//! shapes). Only the graph is read here: field JSON names, nested messages, map values and
-//! embedded (inline) structs; wire details such as tags and scalar kinds are not used.
+//! Only the graph is read here: field JSON names, nested messages, map values and embedded
+//! (inline) structs; wire details such as tags and scalar kinds are not used.
 
-// Compiled a second time on purpose (see above). The table also lists meta/v1 option kinds for
-// the decoder, which merging never needs.
-#[allow(dead_code, clippy::duplicate_mod)]
-#[path = "../protobuf/schema.rs"]
-mod schema;
-
-/// The wire kind of a field's value, as in the protobuf decoder. Only `Message` matters for
-/// the graph; the scalar kinds exist because the generated table names them.
-#[derive(Clone, Copy, Debug)]
-#[allow(dead_code)]
-enum Kind {
-    String,
-    Int32,
-    Int64,
-    Uint32,
-    Uint64,
-    Bool,
-    Double,
-    Float,
-    Bytes,
-    Message(usize),
-}
-
-/// How a field appears in its message.
-#[derive(Clone, Copy, Debug)]
-#[allow(dead_code)]
-enum Shape {
-    Single,
-    Repeated,
-    Map(Kind),
-    /// An embedded Go struct whose JSON fields sit in the outer object.
-    Inline,
-}
-
-/// Messages whose JSON form is not an object of their fields; for merging they are opaque.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(dead_code)]
-enum Special {
-    None,
-    Time,
-    MicroTime,
-    Duration,
-    Quantity,
-    IntOrString,
-    RawJson,
-    StringList,
-    SchemaOrArray,
-    SchemaOrBool,
-    SchemaOrStringArray,
-}
-
-#[derive(Debug)]
-#[allow(dead_code)]
-struct Field {
-    tag: u32,
-    json: &'static str,
-    kind: Kind,
-    shape: Shape,
-}
-
-#[derive(Debug)]
-struct Message {
-    name: &'static str,
-    special: Special,
-    fields: &'static [Field],
-}
+use crate::protobuf::{Kind, Shape, Special, schema};
 
 /// Where a JSON value sits in the type graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
