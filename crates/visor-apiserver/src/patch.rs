@@ -98,6 +98,8 @@ pub async fn patch(
 ) -> ApiResult<Value> {
     let kind = PatchType::from_content_type(content_type)?;
     let def = scope.def.clone();
+    let field_validation =
+        crate::openapi::FieldValidation::parse(query.field_validation.as_deref(), "PatchOptions")?;
     // The (apiVersion, kind) the patch applies to: the Scale view for the scale subresource.
     let api_version = if def.group.is_empty() {
         def.version.clone()
@@ -158,6 +160,14 @@ pub async fn patch(
                     crate::registry::set_replicas(&def, &mut next, replicas);
                     return Ok(next);
                 }
+                // The stored object has no undeclared fields, so any the result has came from the patch.
+                crate::openapi::validate_fields(
+                    &registry.catalog,
+                    &def,
+                    None,
+                    &patched,
+                    field_validation,
+                )?;
                 patched = registry.to_storage(&def, patched);
                 if object::name(&patched) != name {
                     return Err(ApiError::bad_request(

@@ -46,6 +46,19 @@ fn apply_with_default_validation(backend: Backend) {
     // Applying the same manifest again changes nothing.
     let out = server.ok_stdin(&["apply", "-f", "-"], &manifest("declared", ""));
     assert_eq!(out.trim(), "deployment.apps/web unchanged");
+    // Re-applying with an undeclared field is a patch, and the server refuses it too.
+    let err = server.fails_stdin(&["apply", "-f", "-"], &manifest("declared", "  foo: bar\n"));
+    assert!(
+        err.contains(r#"strict decoding error: unknown field "spec.foo""#),
+        "{err}"
+    );
+    // With validation off the field is dropped, as upstream's typed decoding drops it.
+    server.ok_stdin(
+        &["apply", "--validate=false", "-f", "-"],
+        &manifest("declared", "  foo: bar\n"),
+    );
+    let deployment = server.json(&["get", "deployment", "web", "-n", "declared"]);
+    assert!(deployment["spec"].get("foo").is_none(), "{deployment}");
 }
 
 fn unknown_fields_under_each_validation_mode(backend: Backend) {

@@ -12,6 +12,7 @@ backend_tests!(
     ownership_and_conflicts,
     takes_over_from_client_side_apply,
     custom_resource_lists_merge_by_key,
+    builtin_lists_merge_by_key,
     apply_errors
 );
 
@@ -257,6 +258,81 @@ spec:
         json!([{"name": "b", "weight": 2}]),
         "{r}"
     );
+}
+
+fn builtin_lists_merge_by_key(backend: Backend) {
+    let server = TestServer::start(backend);
+    let app = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 0
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: app, image: "busybox:1", env: [{name: A, value: "1"}]}
+"#;
+    let sidecar = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  template:
+    spec:
+      containers:
+      - {name: proxy, image: "busybox:2"}
+"#;
+    server.ok_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=app-team",
+            "-f",
+            "-",
+        ],
+        app,
+    );
+    server.ok_stdin(
+        &["apply", "--server-side", "--field-manager=mesh", "-f", "-"],
+        sidecar,
+    );
+    let names = |d: &serde_json::Value| -> Vec<String> {
+        d["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let d = server.json(&["get", "deploy", "web"]);
+    assert_eq!(names(&d), ["app", "proxy"], "{d}");
+    // The app team changes its own container; the sidecar is untouched.
+    server.ok_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=app-team",
+            "-f",
+            "-",
+        ],
+        &app.replace("busybox:1", "busybox:3"),
+    );
+    let d = server.json(&["get", "deploy", "web"]);
+    let containers = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(containers[0]["image"], "busybox:3");
+    assert_eq!(containers[1]["image"], "busybox:2");
+    // The mesh withdraws its sidecar.
+    server.ok_stdin(
+        &["apply", "--server-side", "--field-manager=mesh", "-f", "-"],
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: default}\n",
+    );
+    assert_eq!(names(&server.json(&["get", "deploy", "web"])), ["app"]);
 }
 
 fn apply_errors(backend: Backend) {

@@ -45,10 +45,14 @@ impl TypeInfo for Deduced {
     }
 }
 
-/// The type information for a resource: its schema for custom resources, else deduced.
+/// The type information for a resource: its schema for custom resources, the built-in type's
+/// merge keys for built-in kinds, else deduced.
 pub fn for_resource(def: &crate::kinds::ResourceDef) -> Box<dyn TypeInfo> {
-    match &def.custom {
-        Some(custom) => Box::new(SchemaType(custom.schema.root().clone())),
+    if let Some(custom) = &def.custom {
+        return Box::new(SchemaType(custom.schema.root().clone()));
+    }
+    match crate::strategic::apply_types::for_kind(&def.api_version(), &def.kind) {
+        Some(builtin) => Box::new(builtin),
         None => Box::new(Deduced),
     }
 }

@@ -22,6 +22,7 @@
 //! unknown directive) with a 500 because they are not API status errors; here they are `400`,
 //! as the request is what is wrong, and the two upstream reports as `422` stay `422`.
 
+pub mod apply_types;
 mod graph;
 pub mod keys;
 
