@@ -114,3 +114,55 @@ fn bench_api_prints_a_table() {
     }
     assert!(stdout.contains("server RSS"), "{stdout}");
 }
+
+#[test]
+fn bench_declarative_reports_apply_and_foreground_deletion() {
+    let server = TestServer::start(Backend::Sqlite);
+    let out = Command::new(env!("CARGO_BIN_EXE_visor"))
+        .args(["bench", "declarative", "--kubeconfig"])
+        .arg(server.kubeconfig())
+        .args(["--objects", "30", "--pods", "40", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics: BTreeMap<String, f64> = stdout
+        .lines()
+        .map(|line| {
+            let m: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert_eq!(m["bench"], "declarative", "{line}");
+            (
+                m["metric"].as_str().unwrap().to_string(),
+                m["value"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    for key in [
+        "apply_create_throughput",
+        "apply_create_p99",
+        "apply_change_throughput",
+        "apply_change_p99",
+        "foreground_delete_seconds",
+    ] {
+        let value = metrics
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key} in:\n{stdout}"));
+        assert!(*value > 0.0, "{key} = {value}");
+    }
+    // The objects it applied went with its namespace.
+    let left = server.ok(&[
+        "get",
+        "configmaps",
+        "-A",
+        "-l",
+        "bench=declarative",
+        "-o",
+        "name",
+    ]);
+    assert!(left.trim().is_empty(), "{left}");
+}

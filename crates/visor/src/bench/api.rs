@@ -498,7 +498,10 @@ async fn watch_delivery(
 }
 
 /// Creates the namespace; returns whether this run created it (and so must delete it).
-async fn create_namespace(conn: &mut Connection, namespace: &str) -> anyhow::Result<bool> {
+pub(crate) async fn create_namespace(
+    conn: &mut Connection,
+    namespace: &str,
+) -> anyhow::Result<bool> {
     let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
     let request = json_request(conn, Method::POST, "/api/v1/namespaces", &body)?;
     let response = conn.send_request(request).await?;
@@ -513,7 +516,7 @@ async fn create_namespace(conn: &mut Connection, namespace: &str) -> anyhow::Res
 }
 
 /// Deletes the namespace and waits (up to a limit) until it is gone.
-async fn delete_namespace(
+pub(crate) async fn delete_namespace(
     conn: &mut Connection,
     namespace: &str,
     progress: &Progress,
@@ -560,7 +563,7 @@ fn object_name(i: usize) -> String {
 
 /// `bench-` and 8 hex digits from the clock and the process id: unique enough that two runs
 /// (even concurrent ones) do not share a namespace.
-fn random_namespace() -> String {
+pub(crate) fn random_namespace() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -570,12 +573,12 @@ fn random_namespace() -> String {
 }
 
 /// Progress bars on a terminal, nothing otherwise.
-struct Progress {
-    enabled: bool,
+pub(crate) struct Progress {
+    pub(crate) enabled: bool,
 }
 
 impl Progress {
-    fn bar(&self, name: &str, len: usize) -> ProgressBar {
+    pub(crate) fn bar(&self, name: &str, len: usize) -> ProgressBar {
         if !self.enabled {
             return ProgressBar::hidden();
         }
@@ -589,7 +592,7 @@ impl Progress {
         bar
     }
 
-    fn spinner(&self, message: &str) -> ProgressBar {
+    pub(crate) fn spinner(&self, message: &str) -> ProgressBar {
         if !self.enabled {
             return ProgressBar::hidden();
         }

@@ -8,6 +8,7 @@
 use clap::Subcommand;
 
 pub mod api;
+pub mod declarative;
 pub mod procfs;
 pub mod report;
 pub mod stats;
@@ -18,10 +19,13 @@ pub enum BenchCommand {
     /// API server throughput and latency: create, get, list, update, watch and delete of
     /// ConfigMaps, and the server's memory.
     Api(api::ApiArgs),
+    /// Server-side apply throughput, and foreground deletion of a Deployment owning many pods.
+    Declarative(declarative::DeclarativeArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Api(args) => api::run(args).await,
+        BenchCommand::Declarative(args) => declarative::run(args).await,
     }
 }
