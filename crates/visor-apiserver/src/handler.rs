@@ -519,25 +519,18 @@ impl Handler {
             Format::Json => {
                 // The items are ready JSON: splice them rather than re-encode a thousand objects.
                 let head = json!({ "kind": def.list_kind, "apiVersion": def.api_version(), "metadata": list_meta });
-                let head = serde_json::to_vec(&head).expect("JSON serialises");
-                let size: usize = list.items.iter().map(|i| i.len() + 1).sum();
-                let mut out = Vec::with_capacity(head.len() + size + 16);
-                out.extend_from_slice(&head[..head.len() - 1]);
-                out.extend_from_slice(b",\"items\":[");
-                for (i, item) in list.items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(item);
-                }
-                out.extend_from_slice(b"]}");
-                Ok(respond(200, JSON, out))
+                Ok(respond(200, JSON, splice_list(&head, list.items.iter())))
             }
             Format::Metadata => {
-                let objects = parse_items(&list.items)?;
-                let items: Vec<Value> = objects.iter().map(table::partial_metadata).collect();
-                let value = json!({ "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "items": items });
-                Ok(encode(200, Format::Json, &value))
+                let head = json!({ "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta });
+                let items = list.items.iter().map(|item| {
+                    crate::object::partial_metadata_bytes(item).unwrap_or_else(|| {
+                        let value: Value = serde_json::from_slice(item).unwrap_or(Value::Null);
+                        serde_json::to_vec(&table::partial_metadata(&value))
+                            .expect("JSON serialises")
+                    })
+                });
+                Ok(respond(200, JSON, splice_list(&head, items)))
             }
             Format::Table(include) => {
                 let objects = parse_items(&list.items)?;
@@ -577,6 +570,22 @@ impl Handler {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         Ok(response)
     }
+}
+
+/// A list object from its head (kind, apiVersion, metadata) and items already encoded.
+fn splice_list<T: AsRef<[u8]>>(head: &Value, items: impl Iterator<Item = T>) -> Vec<u8> {
+    let head = serde_json::to_vec(head).expect("JSON serialises");
+    let mut out = Vec::with_capacity(head.len() + 16);
+    out.extend_from_slice(&head[..head.len() - 1]);
+    out.extend_from_slice(b",\"items\":[");
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item.as_ref());
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 fn parse_items(items: &[Bytes]) -> ApiResult<Vec<Value>> {

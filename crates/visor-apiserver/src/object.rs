@@ -45,8 +45,93 @@ impl CachedObject {
     }
 }
 
+/// Just the `metadata` of an object, borrowed from its JSON text without parsing the rest.
+#[derive(serde::Deserialize)]
+struct MetadataView<'a> {
+    #[serde(borrow)]
+    metadata: Option<&'a serde_json::value::RawValue>,
+}
+
+/// The parts of metadata the cache indexes.
+#[derive(serde::Deserialize, Default)]
+struct IndexedMetadata {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+/// The raw `metadata` of an object's JSON, and where it starts in the text.
+fn raw_metadata(json: &[u8]) -> Option<(&str, usize)> {
+    let view: MetadataView = serde_json::from_slice(json).ok()?;
+    let raw = view.metadata?.get();
+    // The raw value borrows from `json`, so its offset is where the metadata object begins.
+    let offset = (raw.as_ptr() as usize).checked_sub(json.as_ptr() as usize)?;
+    Some((raw, offset))
+}
+
+/// `PartialObjectMetadata` of an object, made from its JSON text without parsing the rest —
+/// what metadata-only lists and watches (the garbage collector's) send for every object.
+pub fn partial_metadata_bytes(json: &[u8]) -> Option<Vec<u8>> {
+    let (raw, _) = raw_metadata(json)?;
+    let mut out = Vec::with_capacity(raw.len() + 80);
+    out.extend_from_slice(
+        br#"{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":"#,
+    );
+    out.extend_from_slice(raw.as_bytes());
+    out.push(b'}');
+    Some(out)
+}
+
+/// The cache's form of an object whose kind has no selectable fields beyond name and
+/// namespace: the stored text with `resourceVersion` spliced into its metadata, which the
+/// store's form never contains.
+fn decode_spliced(kv: &KeyValue) -> Option<CachedObject> {
+    let (raw, offset) = raw_metadata(&kv.value)?;
+    let indexed: IndexedMetadata = serde_json::from_str(raw).ok()?;
+    let trimmed = raw.trim();
+    if !trimmed.starts_with('{') || !trimmed.ends_with('}') {
+        return None;
+    }
+    let open = offset + (raw.len() - raw.trim_start().len());
+    let version = format!("\"resourceVersion\":\"{}\"", kv.mod_revision);
+    let mut json = Vec::with_capacity(kv.value.len() + version.len() + 1);
+    json.extend_from_slice(&kv.value[..=open]);
+    json.extend_from_slice(version.as_bytes());
+    if trimmed != "{}" {
+        json.push(b',');
+    }
+    json.extend_from_slice(&kv.value[open + 1..]);
+    let labels = indexed
+        .labels
+        .into_iter()
+        .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+        .collect();
+    let fields: Box<[(Box<str>, Box<str>)]> = Box::new([
+        ("metadata.name".into(), indexed.name.into_boxed_str()),
+        (
+            "metadata.namespace".into(),
+            indexed.namespace.into_boxed_str(),
+        ),
+    ]);
+    Some(CachedObject {
+        json: Bytes::from(json),
+        labels,
+        fields,
+        revision: kv.mod_revision,
+    })
+}
+
 /// Builds the cache's form of a stored key-value.
 pub fn decode_for_cache(catalog: &Catalog, kv: &KeyValue) -> Option<CachedObject> {
+    let def = catalog.for_key(&kv.key);
+    if def.as_ref().is_some_and(|d| d.selectable_fields.is_empty())
+        && let Some(cached) = decode_spliced(kv)
+    {
+        return Some(cached);
+    }
     let mut value: Value = match serde_json::from_slice(&kv.value) {
         Ok(v) => v,
         Err(e) => {
@@ -68,7 +153,7 @@ pub fn decode_for_cache(catalog: &Catalog, kv: &KeyValue) -> Option<CachedObject
         ("metadata.name".into(), name(&value).into()),
         ("metadata.namespace".into(), namespace(&value).into()),
     ];
-    if let Some(def) = catalog.for_key(&kv.key) {
+    if let Some(def) = def {
         for field in &def.selectable_fields {
             if let Some(v) = printers::field_value(&value, field) {
                 fields.push((field.as_str().into(), v.into()));
@@ -166,4 +251,50 @@ pub fn from_kv(kv: &KeyValue) -> Option<Value> {
     let mut value: Value = serde_json::from_slice(&kv.value).ok()?;
     set_resource_version(&mut value, kv.mod_revision);
     Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(json: &str, revision: i64) -> KeyValue {
+        KeyValue {
+            key: "/registry/core/configmaps/default/a".into(),
+            value: Bytes::from(json.to_string()),
+            create_revision: 1,
+            mod_revision: revision,
+        }
+    }
+
+    #[test]
+    fn splicing_the_version_matches_a_full_decode() {
+        let catalog = Catalog::builtin();
+        for json in [
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","namespace":"default","labels":{"x":"1"}},"data":{"k":"v"}}"#,
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{},"data":{"metadata":"not this one"}}"#,
+        ] {
+            let cached = decode_for_cache(&catalog, &kv(json, 42)).unwrap();
+            let mut expected: Value = serde_json::from_str(json).unwrap();
+            set_resource_version(&mut expected, 42);
+            assert_eq!(cached.value(), expected);
+            assert_eq!(cached.revision, 42);
+        }
+        let cached = decode_for_cache(
+            &catalog,
+            &kv(r#"{"metadata":{"name":"a","labels":{"x":"1"}}}"#, 7),
+        )
+        .unwrap();
+        assert_eq!(cached.label("x"), Some("1"));
+        assert_eq!(cached.field("metadata.name"), Some("a"));
+    }
+
+    #[test]
+    fn partial_metadata_keeps_only_metadata() {
+        let bytes = partial_metadata_bytes(br#"{"kind":"ConfigMap","metadata":{"name":"a","resourceVersion":"3"},"data":{"k":"v"}}"#).unwrap();
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": {"name": "a", "resourceVersion": "3"}})
+        );
+    }
 }
