@@ -93,7 +93,10 @@ fn every_patch_type(backend: Backend) {
         "-p",
         r#"[{"op":"test","path":"/data/level","value":"9"},{"op":"remove","path":"/data/owner"}]"#,
     ]);
-    assert!(err.contains("The request is invalid") && err.contains("value did not match"), "{err}");
+    assert!(
+        err.contains("The request is invalid") && err.contains("value did not match"),
+        "{err}"
+    );
     assert_eq!(
         server.json(&["get", "cm", "settings"])["data"]["owner"],
         "ops"

@@ -980,7 +980,7 @@ fn validate_label_selector(sel: &Value, path: &str, errs: &mut Vec<FieldError>) 
 // Pods
 // ---------------------------------------------------------------------------------------
 
-const VOLUME_SOURCES: &[&str] = &[
+pub(crate) const VOLUME_SOURCES: &[&str] = &[
     "hostPath",
     "emptyDir",
     "gcePersistentDisk",
