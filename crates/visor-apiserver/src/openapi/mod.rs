@@ -491,7 +491,28 @@ fn gv_path(group: &str, version: &str) -> String {
     }
 }
 
+/// The paths of a resource, with only the operations its verbs allow (the access reviews, for
+/// one, are create-only).
 fn paths_for(def: &ResourceDef, root: &str) -> Vec<PathSpec> {
+    let allowed = |action: &str| {
+        let verb = match action {
+            "post" => "create",
+            "put" => "update",
+            "watchlist" => "watch",
+            other => other,
+        };
+        def.verbs.contains(&verb)
+    };
+    all_paths_for(def, root)
+        .into_iter()
+        .filter_map(|mut spec| {
+            spec.ops.retain(|op| allowed(op.action));
+            (!spec.ops.is_empty()).then_some(spec)
+        })
+        .collect()
+}
+
+fn all_paths_for(def: &ResourceDef, root: &str) -> Vec<PathSpec> {
     let prefix = format!("/{}", gv_path(&def.group, &def.version));
     let ident = format!("{}{}", group_ident(&def.group), capitalise(&def.version));
     let scoped = if def.namespaced { "Namespaced" } else { "" };
@@ -1212,6 +1233,31 @@ mod tests {
         for wanted in ["fieldValidation", "fieldManager", "dryRun"] {
             assert!(names.contains(&wanted), "{names:?}");
         }
+    }
+
+    #[test]
+    fn create_only_kinds_have_only_a_post() {
+        let catalog = catalog();
+        let doc: Value = serde_json::from_slice(&catalog.openapi.v2_json(&catalog).bytes).unwrap();
+        let path = &doc["paths"]["/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"];
+        let methods: Vec<&str> = path
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .filter(|k| *k != "parameters")
+            .collect();
+        assert_eq!(methods, vec!["post"], "{path}");
+        assert!(
+            doc["paths"]
+                .get("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews/{name}")
+                .is_none()
+        );
+        assert!(
+            doc["paths"]["/api/v1/namespaces/{namespace}/configmaps/{name}"]
+                .get("delete")
+                .is_some()
+        );
     }
 
     #[test]
