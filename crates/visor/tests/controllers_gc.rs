@@ -6,9 +6,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Backend, TestServer};
+use common::{Backend, TestServer, eventually};
 use serde_json::{Value, json};
 
 const SETTLE: Duration = Duration::from_secs(20);
@@ -16,20 +16,6 @@ const SETTLE: Duration = Duration::from_secs(20);
 fn namespace(server: &TestServer, name: &str) -> String {
     server.ok(&["create", "namespace", name]);
     name.to_string()
-}
-
-fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn items(server: &TestServer, args: &[&str]) -> Vec<Value> {

@@ -9,9 +9,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Backend, TestServer, table};
+use common::{Backend, TestServer, eventually, table};
 use serde_json::{Value, json};
 
 /// How long any one expected change may take.
@@ -20,22 +20,6 @@ const SETTLE: Duration = Duration::from_secs(20);
 fn namespace(server: &TestServer, name: &str) -> String {
     server.ok(&["create", "namespace", name]);
     name.to_string()
-}
-
-/// Polls `probe` every 100 ms until it returns `Some`, failing the test after `timeout` with
-/// the last thing `describe` says about the state.
-fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The pods in `ns` matching `selector`, as JSON objects.

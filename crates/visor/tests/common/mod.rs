@@ -519,3 +519,18 @@ pub fn header(output: &str) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+/// Polls `probe` every 100 ms until it returns `Some`, failing the test after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
