@@ -145,23 +145,26 @@ spec:
                   entries: {type: integer, description: The most entries kept at once.}
 "#;
     server.ok_stdin(&["apply", "-f", "-"], crd);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = server.kubectl(&["explain", "caches.spec.size.entries"]);
-        let text = String::from_utf8_lossy(&out.stdout);
-        if out.status.success() && text.contains("The most entries kept at once.") {
-            assert!(text.contains("FIELD: entries <integer>"), "{text}");
-            break;
+    // The kind is served once the CRD is established; explain follows from OpenAPI.
+    let explain = |field: &str, wanted: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = server.kubectl(&["explain", field]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() && text.contains(wanted) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "explain {field} never said {wanted:?}:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(
-            Instant::now() < deadline,
-            "explain never described the field:\n{text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let text = server.ok(&["explain", "caches.spec.size"]);
-    assert!(text.contains("How much the cache may hold."), "{text}");
+    };
+    let text = explain("caches.spec.size.entries", "The most entries kept at once.");
+    assert!(text.contains("FIELD: entries <integer>"), "{text}");
+    explain("caches.spec.size", "How much the cache may hold.");
 }
 
 fn finalizer_holds_deletion(backend: Backend) {
