@@ -45,6 +45,12 @@ pub struct Handler {
         Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>,
     /// RBAC decisions (`rbac/`).
     pub authorizer: Arc<crate::rbac::Authorizer>,
+    /// Bearer tokens, `/login` and `/join` (`auth/`).
+    pub authenticator: Arc<crate::auth::Authenticator>,
+    /// Where each request is recorded (`audit.rs`).
+    pub audit: Arc<crate::audit::AuditLog>,
+    /// Pod logs, exec, attach and port-forward, relayed to the pod's node (`proxy.rs`).
+    pub node_proxy: Arc<crate::proxy::NodeProxy>,
 }
 
 /// The response format a client asked for.
@@ -157,10 +163,16 @@ impl Handler {
         let method = request.method().clone();
         let path = request.uri().path().to_string();
         let started = std::time::Instant::now();
-        let response = match self.route(request, identity).await {
+        // Health probes are polled constantly and carry no user action: not audited.
+        let mut audit = (!is_health_path(&path)).then(|| crate::audit::AuditEvent::begin(&request));
+        let response = match self.route(request, identity, audit.as_mut()).await {
             Ok(response) => response,
             Err(err) => error_response(&err),
         };
+        if let Some(mut event) = audit {
+            event.code = response.status().as_u16();
+            self.audit.record(event);
+        }
         tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
         response
     }
@@ -169,6 +181,7 @@ impl Handler {
         &self,
         request: Request<Incoming>,
         identity: Option<Identity>,
+        audit: Option<&mut crate::audit::AuditEvent>,
     ) -> ApiResult<Response<Body>> {
         let path = request.uri().path().to_string();
         match (request.method(), path.as_str()) {
@@ -183,14 +196,60 @@ impl Handler {
                 return Ok(self.health(&path, request.uri().query()).await);
             }
             (&Method::GET, "/version") => return Ok(encode(200, Format::Json, &version())),
+            (&Method::POST, "/login") => {
+                let address = crate::auth::client_ip(&request);
+                let answer = self
+                    .authenticator
+                    .login(request.headers(), address, &self.authorizer)
+                    .await?;
+                return Ok(encode(200, Format::Json, &answer));
+            }
+            (&Method::POST, "/join") => {
+                let headers = request.headers().clone();
+                let body = read_body(request).await?;
+                let answer = self.authenticator.join(&headers, &body)?;
+                return Ok(encode(200, Format::Json, &answer));
+            }
             _ => {}
         }
+        // A client certificate, else a bearer token (401 if it does not verify).
+        let identity = self.authenticator.authenticate(identity, request.headers())?;
         let Some(identity) = identity else {
             return Err(ApiError::unauthorized());
         };
+        let mut audit = audit;
+        if let Some(event) = audit.as_deref_mut() {
+            event.user = Some((identity.user.clone(), identity.groups.clone()));
+        }
         // RBAC: impersonation, then authorisation of this request (403 when denied). The
         // requester rides along for admission and access reviews (see `rbac::Requester`).
-        let requester = crate::rbac::admit(&self.authorizer, identity, &request)?;
+        let requester = crate::rbac::admit(&self.authorizer, identity, &request);
+        if let (Some(event), Ok(requester)) = (audit, &requester)
+            && event.user.as_ref().is_some_and(|(user, groups)| {
+                *user != requester.identity.user || *groups != requester.identity.groups
+            })
+        {
+            let who = &requester.identity;
+            event.impersonated = Some((who.user.clone(), who.groups.clone()));
+        }
+        let requester = requester?;
+        if let Some((namespace, name)) = token_request_target(&request) {
+            let content_type = request
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = read_body(request).await?;
+            let answer = crate::auth::serviceaccount::token_request(
+                &self.authenticator,
+                &requester.identity.user,
+                &namespace,
+                &name,
+                decode_body(&body, &content_type)?,
+            )?;
+            return Ok(encode(201, Format::Json, &answer));
+        }
         if crate::openapi::is_openapi_path(&path) {
             return crate::openapi::serve(
                 &self.registry.catalog,
@@ -340,6 +399,17 @@ impl Handler {
         if path.legacy_watch && (method != Method::GET || name.is_some()) {
             return Err(ApiError::no_route());
         }
+        if let Some(sub @ (Subresource::Log
+        | Subresource::Exec
+        | Subresource::Attach
+        | Subresource::PortForward)) = subresource
+        {
+            let name = name.ok_or_else(ApiError::no_route)?;
+            return self
+                .node_proxy
+                .serve(registry, request, &scope, &name, sub)
+                .await;
+        }
         if let Some(answer) = def.virtual_create {
             // Create-only resources (access reviews): answered, never stored.
             if method != Method::POST || name.is_some() || subresource.is_some() {
@@ -428,6 +498,16 @@ impl Handler {
                     return Ok(encode(200, format, &registry.scale_of(&def, &result)));
                 }
                 self.value_response(200, &def, result, format)
+            }
+            (Method::POST, Some(name), Some(sub @ (Subresource::Binding | Subresource::Eviction))) => {
+                let body = read_body(request).await?;
+                let obj = decode_body(&body, &content_type)?;
+                let status = if sub == Subresource::Binding {
+                    registry.bind_pod(&scope, &name, obj).await?
+                } else {
+                    registry.evict_pod(&scope, &name, obj).await?
+                };
+                Ok(encode(201, format, &status))
             }
             (Method::DELETE, Some(name), None) => {
                 let body = read_body(request).await?;
@@ -569,6 +649,30 @@ impl Handler {
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         Ok(response)
+    }
+}
+
+/// Whether a path is a health probe (`/healthz`, `/livez`, `/readyz` and their checks).
+fn is_health_path(path: &str) -> bool {
+    ["/healthz", "/livez", "/readyz"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+}
+
+/// `(namespace, name)` of a `POST …/namespaces/NS/serviceaccounts/NAME/token` (TokenRequest).
+fn token_request_target<B>(request: &Request<B>) -> Option<(String, String)> {
+    if request.method() != Method::POST {
+        return None;
+    }
+    match parse_path(request.uri().path()).ok()? {
+        Target::Resource(r)
+            if r.group.is_empty()
+                && r.resource == "serviceaccounts"
+                && r.subresource.as_deref() == Some("token") =>
+        {
+            Some((r.namespace?, r.name?))
+        }
+        _ => None,
     }
 }
 

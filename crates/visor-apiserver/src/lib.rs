@@ -16,7 +16,9 @@ use tokio::sync::watch as signal;
 use visor_store::DynStore;
 use visor_store::cache::WatchCache;
 
+pub mod admission;
 pub mod apply;
+pub mod audit;
 pub mod auth;
 pub mod crd;
 pub mod discovery;
@@ -28,6 +30,7 @@ pub mod openapi;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;
+pub mod proxy;
 pub mod rbac;
 pub mod registry;
 pub mod request;
@@ -54,6 +57,13 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub store: DynStore,
     pub pki: Arc<pki::Pki>,
+    /// Visor's own kinds, as CustomResourceDefinitions the server installs (or brings up to
+    /// date) and serves before it reports ready.
+    pub system_crds: Vec<serde_json::Value>,
+    /// Login token lifetime and signing key rotation.
+    pub auth: auth::AuthConfig,
+    /// Audit log rotation.
+    pub audit: audit::AuditConfig,
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -66,6 +76,9 @@ pub struct RunningServer {
     crds: tokio::task::JoinHandle<()>,
     /// RBAC's index follower and ClusterRole aggregation.
     rbac: Vec<tokio::task::JoinHandle<()>>,
+    /// The follower of Visor's users and groups.
+    identities: tokio::task::JoinHandle<()>,
+    audit: Arc<audit::AuditLog>,
 }
 
 impl RunningServer {
@@ -75,7 +88,10 @@ impl RunningServer {
         self.compactor.abort();
         self.crds.abort();
         self.rbac.iter().for_each(|task| task.abort());
+        self.identities.abort();
         self.serving.await.context("server task failed")?;
+        // Every answered request's audit event is on disk before shutdown returns.
+        self.audit.close();
         Ok(())
     }
 }
@@ -99,11 +115,19 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         cache,
     });
     ensure_system_namespaces(&registry).await?;
+    ensure_system_crds(&registry, &config.system_crds).await?;
     // Serve the custom resources that already exist before reporting ready, then follow changes.
     crd::serve_existing(&registry).await;
     let crds = tokio::spawn(crd::run(registry.clone()));
     // The default policy exists and the authorizer's index is filled before serving.
     let (authorizer, rbac) = rbac::start(&registry).await.context("starting RBAC")?;
+    let (authenticator, identities) =
+        auth::Authenticator::start(&registry, &config.data_dir, &config.auth)
+            .await
+            .context("starting authentication")?;
+    let audit = Arc::new(
+        audit::AuditLog::open(&config.data_dir, &config.audit).context("opening the audit log")?,
+    );
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -127,6 +151,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             })
         }),
         authorizer,
+        authenticator,
+        audit: audit.clone(),
+        node_proxy: Arc::new(proxy::NodeProxy::new(&config.pki)?),
     });
     let (shutdown, shutdown_rx) = signal::channel(false);
     let serving = tokio::spawn(server::serve(listener, tls, handler, shutdown_rx));
@@ -140,7 +167,45 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         compactor,
         crds,
         rbac,
+        identities,
+        audit,
     })
+}
+
+/// Creates each of Visor's own CRDs, or replaces its spec when this build describes the kind
+/// differently, and serves it at once (not waiting for the CRD follower), so the kinds are
+/// there when the server reports ready.
+async fn ensure_system_crds(registry: &Arc<Registry>, crds: &[serde_json::Value]) -> anyhow::Result<()> {
+    let def = registry
+        .catalog
+        .lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        .context("CRDs are served")?;
+    let scope = Scope {
+        def,
+        namespace: None,
+    };
+    let query = request::Query::default();
+    for crd in crds {
+        let name = object::name(crd).to_string();
+        let stored = match registry.create(&scope, crd.clone(), &query).await {
+            Ok(created) => created.object,
+            Err(e) if e.code == 409 => {
+                let spec = crd["spec"].clone();
+                registry
+                    .guaranteed_update(&scope, &name, None, false, move |current| {
+                        let mut next = current.clone();
+                        next["spec"] = spec.clone();
+                        Ok(next)
+                    })
+                    .await
+                    .map_err(|e| anyhow::anyhow!("updating CRD {name}: {e}"))?
+                    .object
+            }
+            Err(e) => anyhow::bail!("creating CRD {name}: {e}"),
+        };
+        crd::reconcile(registry, stored).await;
+    }
+    Ok(())
 }
 
 async fn ensure_system_namespaces(registry: &Registry) -> anyhow::Result<()> {

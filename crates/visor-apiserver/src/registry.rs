@@ -25,6 +25,8 @@ use crate::request::Query;
 use crate::selectors::{FieldSelector, LabelSelector, parse_field_selector, parse_label_selector};
 use crate::ssa;
 
+mod pods;
+
 /// How long a read waits for the watch cache to catch up before giving up.
 const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an unconditional update retries after losing a compare-and-swap race.
@@ -583,8 +585,13 @@ impl Registry {
                 .to_string();
             meta_mut(&mut obj).insert("name".into(), json!(generated_name(&prefix)));
         }
+        crate::admission::mutate(self, scope, &mut obj, None).await?;
+        if def.kind == "Pod" && def.group.is_empty() {
+            self.admit_pod_priority(&mut obj)?;
+        }
         self.admit(scope, &mut obj, None)?;
         self.check_namespace(scope, object::name(&obj)).await?;
+        crate::admission::validate(self, scope, &obj, None, query.dry_run).await?;
         if !query.apply {
             if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
                 m.remove("managedFields");
@@ -780,7 +787,9 @@ impl Registry {
             }
             let mut next = mutate(&current)?;
             meta_mut(&mut next).insert("resourceVersion".into(), json!(revision.to_string()));
+            crate::admission::mutate(self, scope, &mut next, Some(&current)).await?;
             self.admit(scope, &mut next, Some(&current))?;
+            crate::admission::validate(self, scope, &next, Some(&current), dry_run).await?;
             if let Some(writer) = writer {
                 writer.track(&def, &current, &mut next);
             }

@@ -71,9 +71,11 @@ pub async fn serve(
                 .peer_certificates()
                 .and_then(|certs| certs.first())
                 .and_then(|cert| Identity::from_certificate(cert));
-            let service = service_fn(move |request| {
+            let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
                 let handler = handler.clone();
                 let identity = identity.clone();
+                // For the audit log and login throttling.
+                request.extensions_mut().insert(crate::auth::ClientAddr(peer));
                 async move { Ok::<_, Infallible>(handler.handle(request, identity).await) }
             });
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);

@@ -7,7 +7,12 @@
 //!   out foreground and orphan deletion;
 //! - [`deployment`], [`replicaset`], [`daemonset`], [`statefulset`], [`job`] and [`cronjob`]
 //!   run workloads;
-//! - [`serviceaccount`] gives every namespace its `default` ServiceAccount.
+//! - [`serviceaccount`] gives every namespace its `default` ServiceAccount;
+//! - [`quota`] recounts ResourceQuota usage; [`tenancy`] makes SupervisorNamespaces and
+//!   NamespaceRequests real.
+//! - [`disruption`] keeps PodDisruptionBudget status; [`nodelifecycle`] marks hosts that stop
+//!   heartbeating and moves their pods away; [`zone`] keeps Zones; [`balancer`] evens out
+//!   host load (the last three take the server's placement settings, see [`run_placement`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,15 +21,22 @@ use std::time::Duration;
 use kube::Client;
 
 pub mod cronjob;
+pub mod balancer;
 pub mod daemonset;
+pub mod disruption;
 pub mod deployment;
 pub mod gc;
 pub mod job;
 pub mod namespace;
+pub mod nodelifecycle;
+pub mod quota;
 pub mod replicaset;
 pub mod serviceaccount;
 mod shared;
+mod stores;
 pub mod statefulset;
+pub mod tenancy;
+pub mod zone;
 
 /// Runs every controller until `shutdown` resolves. A controller whose watches end is logged;
 /// the others go on.
@@ -45,7 +57,10 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'st
         named("statefulset", statefulset::run(client.clone())),
         named("job", job::run(client.clone())),
         named("cronjob", cronjob::run(client.clone())),
-        named("serviceaccount", serviceaccount::run(client)),
+        named("serviceaccount", serviceaccount::run(client.clone())),
+        named("quota", quota::run(client.clone())),
+        named("disruption", disruption::run(client.clone())),
+        named("tenancy", tenancy::run(client)),
     ];
     let all = async move {
         let mut running = controllers;
@@ -63,3 +78,17 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'st
 
 /// The wait before retrying a reconcile that failed.
 pub(crate) const ERROR_REQUEUE: Duration = Duration::from_secs(2);
+
+/// Runs the controllers that need the server's placement settings — node lifecycle, zones and
+/// the balancer — until the task is dropped.
+pub async fn run_placement(
+    client: Client,
+    lifecycle: nodelifecycle::Config,
+    balancing: balancer::Config,
+) {
+    tokio::join!(
+        nodelifecycle::run(client.clone(), lifecycle),
+        zone::run(client.clone()),
+        balancer::run(client, balancing),
+    );
+}

@@ -38,6 +38,10 @@ pub enum Command {
         /// `sqlite` (embedded, in the data directory) or `etcd://HOST:PORT[,HOST:PORT...]`.
         #[arg(long, default_value = "sqlite")]
         datastore: String,
+        #[command(flatten)]
+        security: crate::token::SecurityArgs,
+        #[command(flatten)]
+        placement: crate::placement::PlacementArgs,
     },
     /// Run Visor on this machine with the embedded store, and print the kubeconfig to use.
     Up {
@@ -47,7 +51,43 @@ pub enum Command {
         /// The address to serve HTTPS on.
         #[arg(long, default_value = "127.0.0.1:6443")]
         listen: SocketAddr,
+        /// The local agent's endpoint for logs, exec and port-forward (port 0 picks one).
+        #[arg(long, default_value = "127.0.0.1:10250")]
+        agent_listen: SocketAddr,
+        /// The pods' network on this machine.
+        #[arg(long, default_value = "10.88.0.0/24")]
+        pod_cidr: String,
+        /// The host bridge pods attach to.
+        #[arg(long, default_value = "visor0")]
+        bridge: String,
+        #[command(flatten)]
+        security: crate::token::SecurityArgs,
     },
+    /// Join this machine to a cluster as a host and run the pods bound to it.
+    Agent(crate::agent::AgentArgs),
+    /// Manage the host's image cache.
+    Image {
+        #[command(subcommand)]
+        command: crate::agent::ImageCommand,
+    },
+    /// Runs one container for the OCI runtime (started by the agent, not by users).
+    #[command(hide = true)]
+    Shim {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Log in to a Visor server and write kubeconfig contexts (also `kubectl visor login`).
+    Login(crate::login::LoginArgs),
+    /// Remove the kubeconfig entries `visor login` wrote.
+    Logout(crate::login::LogoutArgs),
+    /// Install `kubectl-visor` (a link to this program) so `kubectl visor …` works.
+    InstallPlugin(crate::login::InstallPluginArgs),
+    /// Manage Visor's users (admin).
+    User(crate::users::UserArgs),
+    /// Manage Visor's groups (admin).
+    Group(crate::users::GroupArgs),
+    /// Manage join tokens for hosts (admin).
+    Token(crate::token::TokenArgs),
     /// Measure Visor (see docs/performance.md).
     Bench {
         #[command(subcommand)]
@@ -57,7 +97,11 @@ pub enum Command {
 
 /// Parses the command line, runs the command and turns its outcome into an exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(crate::login::command_line());
+    // The shim daemonizes (forks), which must happen before any runtime threads exist.
+    if let Command::Shim { args } = cli.command {
+        return ExitCode::from(visor_agent::oci::shim_main(args).clamp(0, 255) as u8);
+    }
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -89,26 +133,51 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             data_dir,
             listen,
             datastore,
+            security,
+            placement,
         } => {
             server::run(ServerOptions {
                 data_dir,
                 listen,
                 datastore,
+                auth: security.auth(),
+                audit: security.audit(),
+                placement,
             })
             .await
         }
-        Command::Up { data_dir, listen } => {
+        Command::Up {
+            data_dir,
+            listen,
+            agent_listen,
+            pod_cidr,
+            bridge,
+            security,
+        } => {
             let data_dir = match data_dir {
                 Some(dir) => dir,
                 None => server::default_data_dir()?,
             };
-            server::run(ServerOptions {
+            let local_agent = crate::agent::local_agent(agent_listen, pod_cidr, bridge);
+            server::run_with(ServerOptions {
                 data_dir,
                 listen,
                 datastore: "sqlite".into(),
-            })
+                auth: security.auth(),
+                audit: security.audit(),
+                placement: Default::default(),
+            }, Some(local_agent))
             .await
         }
+        Command::Agent(args) => crate::agent::run(args).await,
+        Command::Image { command } => crate::agent::image(command).await,
+        Command::Shim { .. } => anyhow::bail!("the shim runs before the async runtime starts"),
+        Command::Login(args) => crate::login::login(args).await,
+        Command::Logout(args) => crate::login::logout(args),
+        Command::InstallPlugin(args) => crate::login::install_plugin(args),
+        Command::User(args) => crate::users::run_user(args).await,
+        Command::Group(args) => crate::users::run_group(args).await,
+        Command::Token(args) => crate::token::run(args).await,
         Command::Bench { bench } => crate::bench::run(bench).await,
     }
 }
@@ -156,6 +225,7 @@ mod tests {
             data_dir,
             listen,
             datastore,
+            ..
         } = cli.command
         else {
             panic!("not server")

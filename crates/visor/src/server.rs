@@ -23,6 +23,12 @@ pub struct ServerOptions {
     pub listen: SocketAddr,
     /// `sqlite` or `etcd://HOST:PORT[,HOST:PORT...]`.
     pub datastore: String,
+    /// Login tokens and signing keys.
+    pub auth: visor_apiserver::auth::AuthConfig,
+    /// Audit log rotation.
+    pub audit: visor_apiserver::audit::AuditConfig,
+    /// The scheduler's and placement controllers' settings.
+    pub placement: crate::placement::PlacementArgs,
 }
 
 /// Runs a server until SIGTERM or SIGINT, then shuts it down.
@@ -35,6 +41,17 @@ pub struct ServerOptions {
 /// Caveat: a stale `admin.kubeconfig` from an earlier run is removed before the server starts,
 /// so a tool waiting for the file never mistakes the old one for readiness.
 pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
+    run_with(options, None).await
+}
+
+/// What runs beside the server once it serves (`visor up`'s local agent); it gets the
+/// server's URL and data directory, and the server stops if it fails.
+pub type Companion = Box<
+    dyn FnOnce(String, PathBuf) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Send,
+>;
+
+/// [`run`], with a companion started once the server is ready.
+pub async fn run_with(options: ServerOptions, companion: Option<Companion>) -> anyhow::Result<()> {
     let data_dir = prepare_data_dir(&options.data_dir)?;
     let kubeconfig_path = data_dir.join(ADMIN_KUBECONFIG);
     match std::fs::remove_file(&kubeconfig_path) {
@@ -59,12 +76,16 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         store,
         pki: pki.clone(),
+        system_crds: system_crds()?,
+        auth: options.auth.clone(),
+        audit: options.audit.clone(),
     })
     .await
     .context("starting the API server")?;
     let url = server_url(server.local_addr);
     tracing::info!(%url, "serving");
     let controllers = crate::controllers::spawn(&url, &pki).await?;
+    let placement = crate::placement::spawn(&url, &pki, &options.placement).await?;
 
     let (cert, key) = pki
         .issue_client_cert("admin", &["system:masters"])
@@ -74,15 +95,51 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     println!("Admin kubeconfig: {}", kubeconfig_path.display());
     println!("export KUBECONFIG={}", kubeconfig_path.display());
 
+    let companion = async {
+        match companion {
+            Some(companion) => companion(url.clone(), data_dir.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
     let signal_name = tokio::select! {
+        result = companion => {
+            controllers.abort();
+            placement.abort();
+            server.shutdown().await.context("shutting down")?;
+            return result.context("the local agent stopped");
+        }
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",
     };
     tracing::info!(signal = signal_name, "shutting down");
     controllers.abort();
+    placement.abort();
     server.shutdown().await.context("shutting down")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT (for commands that run until stopped).
+pub async fn termination() {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
+    }
+}
+
+/// Visor's own kinds as the CRDs the server installs.
+fn system_crds() -> anyhow::Result<Vec<serde_json::Value>> {
+    visor_api::crds()
+        .into_iter()
+        .map(|crd| serde_json::to_value(crd).context("encoding a Visor CRD"))
+        .collect()
 }
 
 /// The `https://` URL clients use for a bound address. A wildcard address is not one a client

@@ -412,7 +412,7 @@ fn crd_scope(registry: &Registry) -> Option<Scope> {
     })
 }
 
-async fn reconcile(registry: &Arc<Registry>, crd: Value) {
+pub(crate) async fn reconcile(registry: &Arc<Registry>, crd: Value) {
     let name = object::name(&crd).to_string();
     if object::is_deleting(&crd) {
         if object::finalizers(&crd)

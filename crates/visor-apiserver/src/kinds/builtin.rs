@@ -1,7 +1,8 @@
 //! The built-in Kubernetes kinds Visor serves, one entry each.
 
 use k8s_openapi::api::{
-    apps, authentication, authorization, batch, coordination, core, events, rbac, storage,
+    apps, authentication, authorization, batch, coordination, core, events, policy, rbac,
+    scheduling, storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
 
@@ -22,7 +23,7 @@ pub fn resources() -> Vec<ResourceDef> {
         ResourceDef::new("", "v1", "Pod", "pods", true)
             .short_names(&["po"])
             .categories(&["all"])
-            .subresources(&[Status, Binding, Eviction])
+            .subresources(&[Status, Binding, Eviction, Log, Exec, PortForward])
             .fields(&[
                 "spec.nodeName",
                 "spec.restartPolicy",
@@ -180,6 +181,32 @@ pub fn resources() -> Vec<ResourceDef> {
         ResourceDef::new("coordination.k8s.io", "v1", "Lease", "leases", true)
             .typed::<coordination::v1::Lease>()
             .columns(printers::lease()),
+        // policy/v1
+        ResourceDef::new(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            true,
+        )
+        .short_names(&["pdb"])
+        .subresources(&[Status])
+        .generation()
+        .typed::<policy::v1::PodDisruptionBudget>()
+        .columns(printers::poddisruptionbudget())
+        .validator(validation::poddisruptionbudget),
+        // scheduling.k8s.io/v1
+        ResourceDef::new(
+            "scheduling.k8s.io",
+            "v1",
+            "PriorityClass",
+            "priorityclasses",
+            false,
+        )
+        .short_names(&["pc"])
+        .typed::<scheduling::v1::PriorityClass>()
+        .columns(printers::priorityclass())
+        .validator(validation::priorityclass),
         // events.k8s.io/v1 — the same objects as core/v1 events, in the newer form.
         ResourceDef::new("events.k8s.io", "v1", "Event", "events", true)
             .short_names(&["ev"])

@@ -30,6 +30,13 @@ pub enum Subresource {
     Binding,
     /// `/eviction` on pods.
     Eviction,
+    /// `/log`, `/exec`, `/attach`, `/portforward` on pods: served by the pod's node, through
+    /// the API server (`proxy.rs`). Pods do not offer `attach` yet: the agent's runtimes cannot
+    /// attach to a container's own streams.
+    Log,
+    Exec,
+    Attach,
+    PortForward,
 }
 
 impl Subresource {
@@ -40,6 +47,10 @@ impl Subresource {
             Subresource::Finalize => "finalize",
             Subresource::Binding => "binding",
             Subresource::Eviction => "eviction",
+            Subresource::Log => "log",
+            Subresource::Exec => "exec",
+            Subresource::Attach => "attach",
+            Subresource::PortForward => "portforward",
         }
     }
 
@@ -50,6 +61,10 @@ impl Subresource {
             "finalize" => Subresource::Finalize,
             "binding" => Subresource::Binding,
             "eviction" => Subresource::Eviction,
+            "log" => Subresource::Log,
+            "exec" => Subresource::Exec,
+            "attach" => Subresource::Attach,
+            "portforward" => Subresource::PortForward,
             _ => return None,
         })
     }
@@ -70,6 +85,13 @@ impl Subresource {
             Subresource::Finalize => (&["update"], None),
             Subresource::Binding => (&["create"], Some(("", "v1", "Binding"))),
             Subresource::Eviction => (&["create"], Some(("policy", "v1", "Eviction"))),
+            Subresource::Log => (&["get"], Some(("", "v1", "Pod"))),
+            Subresource::Exec => (&["create", "get"], Some(("", "v1", "PodExecOptions"))),
+            Subresource::Attach => (&["create", "get"], Some(("", "v1", "PodAttachOptions"))),
+            Subresource::PortForward => (
+                &["create", "get"],
+                Some(("", "v1", "PodPortForwardOptions")),
+            ),
         }
     }
 }

@@ -1834,6 +1834,71 @@ pub fn field_value(obj: &Value, field: &str) -> Option<String> {
     Some(value)
 }
 
+/// PodDisruptionBudget: upstream's columns.
+pub fn poddisruptionbudget() -> Vec<Column> {
+    fn budget(o: &Value, field: &str) -> Value {
+        match at(o, &["spec", field]) {
+            Some(Value::Number(n)) => text(n.to_string()),
+            Some(Value::String(s)) => text(s.clone()),
+            _ => text("N/A"),
+        }
+    }
+    vec![
+        Column::name(),
+        col(
+            "Min Available",
+            "string",
+            0,
+            "The minimum number of pods that must be available.",
+            |o| budget(o, "minAvailable"),
+        ),
+        col(
+            "Max Unavailable",
+            "string",
+            0,
+            "The maximum number of pods that may be unavailable.",
+            |o| budget(o, "maxUnavailable"),
+        ),
+        col(
+            "Allowed Disruptions",
+            "integer",
+            0,
+            "How many more pods may be disrupted right now.",
+            |o| Value::from(i(o, &["status", "disruptionsAllowed"])),
+        ),
+        Column::age(),
+    ]
+}
+
+/// PriorityClass: upstream's columns.
+pub fn priorityclass() -> Vec<Column> {
+    vec![
+        Column::name(),
+        col(
+            "Value",
+            "integer",
+            0,
+            "The priority of pods of this class.",
+            |o| Value::from(i(o, &["value"])),
+        ),
+        col(
+            "Global-Default",
+            "boolean",
+            0,
+            "Whether pods naming no class get this one.",
+            |o| Value::from(at(o, &["globalDefault"]).and_then(Value::as_bool).unwrap_or(false)),
+        ),
+        Column::age(),
+        col(
+            "PreemptionPolicy",
+            "string",
+            0,
+            "Whether pods of this class may preempt others.",
+            |o| or_none(s(o, &["preemptionPolicy"])),
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -2966,6 +2966,74 @@ fn go_duration_ok(s: &str) -> bool {
     true
 }
 
+/// PodDisruptionBudget (policy/v1): at most one of `minAvailable` and `maxUnavailable`, each
+/// a non-negative integer or a percentage (at most 100% for `maxUnavailable`).
+pub fn poddisruptionbudget(new: &Value, _old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let spec = get(new, "spec");
+    let min = get(spec, "minAvailable");
+    let max = get(spec, "maxUnavailable");
+    if !min.is_null() && !max.is_null() {
+        errs.push(FieldError::invalid(
+            "spec",
+            spec,
+            "minAvailable and maxUnavailable cannot be both set",
+        ));
+    }
+    validate_int_or_percent(min, "spec.minAvailable", &mut errs);
+    validate_int_or_percent(max, "spec.maxUnavailable", &mut errs);
+    let policy = get(spec, "unhealthyPodEvictionPolicy");
+    if let Some(p) = policy.as_str()
+        && !matches!(p, "IfHealthyBudget" | "AlwaysAllow")
+    {
+        errs.push(FieldError::not_supported(
+            "spec.unhealthyPodEvictionPolicy",
+            policy,
+            &["AlwaysAllow", "IfHealthyBudget"],
+        ));
+    }
+    errs
+}
+
+/// The highest priority a PriorityClass not named `system-…` may have.
+const HIGHEST_USER_PRIORITY: i64 = 1_000_000_000;
+
+/// PriorityClass (scheduling.k8s.io/v1): a value within the user range (unless a system
+/// class), unchanged by updates; a known preemption policy.
+pub fn priorityclass(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let name = new
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    match int_of(new, "value") {
+        None => errs.push(FieldError::required("value", "")),
+        Some(v) if v > HIGHEST_USER_PRIORITY && !name.starts_with("system-") => {
+            errs.push(FieldError::forbidden(
+                "value",
+                "maximum allowed value of a user defined priority is 1000000000",
+            ))
+        }
+        Some(_) => {}
+    }
+    if let Some(old) = old
+        && int_of(old, "value") != int_of(new, "value")
+    {
+        errs.push(FieldError::forbidden("value", "may not be changed in an update."));
+    }
+    let policy = get(new, "preemptionPolicy");
+    if let Some(p) = policy.as_str()
+        && !matches!(p, "PreemptLowerPriority" | "Never")
+    {
+        errs.push(FieldError::not_supported(
+            "preemptionPolicy",
+            policy,
+            &["Never", "PreemptLowerPriority"],
+        ));
+    }
+    errs
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

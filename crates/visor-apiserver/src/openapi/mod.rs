@@ -685,6 +685,11 @@ fn all_paths_for(def: &ResourceDef, root: &str) -> Vec<PathSpec> {
             Subresource::Finalize => (root.to_string(), this.clone()),
             // Served as kinds of their own upstream; this server does not route them.
             Subresource::Binding | Subresource::Eviction => continue,
+            // Streams proxied to the pod's node (`proxy.rs`), not object reads and writes.
+            Subresource::Log
+            | Subresource::Exec
+            | Subresource::Attach
+            | Subresource::PortForward => continue,
         };
         let name = capitalise(sub.name());
         let what = format!("{} of the specified {kind}", sub.name());

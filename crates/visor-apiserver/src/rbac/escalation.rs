@@ -51,6 +51,8 @@ fn only_gc_fields_changed(old: &Value, new: &Value) -> bool {
 
 /// The admission check; see the module documentation.
 pub fn check(scope: &Scope, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
+    // NodeRestriction rides on this admission step: nodes write only their own objects.
+    super::node::admit(scope, obj, old)?;
     if scope.def.group != GROUP {
         return Ok(());
     }

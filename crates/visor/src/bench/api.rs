@@ -10,7 +10,9 @@
 //! the store and with `resourceVersion=0`; update each (PUT with its resourceVersion); watch
 //! delivery — open a watch, then create `--watch-events` objects one at a time, timing from just
 //! before each write is sent to the moment its ADDED event arrives; delete each. With `--hold N`,
-//! then create N ConfigMaps of 1 KiB and report the server's RSS holding them.
+//! then create N ConfigMaps of 1 KiB and report the server's RSS holding them. With
+//! `--with-quota`, a ResourceQuota on ConfigMaps is put in the namespace first, so every create
+//! pays for quota admission.
 //!
 //! The server's RSS is read from `/proc` when the server runs on this machine: the process
 //! listening on the kubeconfig's port, or `--server-pid`.
@@ -71,6 +73,10 @@ pub struct ApiArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// First put a ResourceQuota on ConfigMaps in the namespace (far above what the benchmark
+    /// creates), so that every create is charged by quota admission.
+    #[arg(long)]
+    pub with_quota: bool,
 }
 
 pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
@@ -81,6 +87,10 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     };
     let mut admin = client.connect().await?;
     let created_namespace = create_namespace(&mut admin, &namespace).await?;
+    if args.with_quota {
+        let room = 10 * (args.objects + args.watch_events + args.hold.unwrap_or(0));
+        create_quota(&mut admin, &namespace, room).await?;
+    }
 
     let mut report = Report::new(BENCH, args.json);
     let outcome = tokio::select! {
@@ -513,6 +523,33 @@ pub(crate) async fn create_namespace(
             .unwrap_err()
             .context(format!("creating namespace {namespace}"))),
     }
+}
+
+/// Creates a ResourceQuota limiting ConfigMaps to `room` and waits until the quota controller
+/// has counted it (until then, quota admission refuses what it cannot account for).
+async fn create_quota(conn: &mut Connection, namespace: &str, room: usize) -> anyhow::Result<()> {
+    let hard = serde_json::json!({ "count/configmaps": room.to_string(), "configmaps": room.to_string() });
+    let body = serde_json::json!({
+        "apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": { "name": "bench-quota" },
+        "spec": { "hard": hard },
+    });
+    let path = format!("/api/v1/namespaces/{namespace}/resourcequotas");
+    let request = json_request(conn, Method::POST, &path, &body)?;
+    conn.send_request(request)
+        .await?
+        .expect(StatusCode::CREATED)
+        .context("creating the benchmark's ResourceQuota")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let response = conn.send(Method::GET, &format!("{path}/bench-quota"), None).await?;
+        let quota: serde_json::Value = serde_json::from_slice(&response.body).unwrap_or_default();
+        if quota.pointer("/status/used/configmaps").is_some() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the quota controller did not count the benchmark's ResourceQuota within 30 s")
 }
 
 /// Deletes the namespace and waits (up to a limit) until it is gone.

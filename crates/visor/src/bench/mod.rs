@@ -8,9 +8,12 @@
 use clap::Subcommand;
 
 pub mod api;
+pub mod auth;
 pub mod declarative;
+pub mod pods;
 pub mod procfs;
 pub mod report;
+pub mod scheduler;
 pub mod stats;
 
 /// The benchmarks.
@@ -21,11 +24,21 @@ pub enum BenchCommand {
     Api(api::ApiArgs),
     /// Server-side apply throughput, and foreground deletion of a Deployment owning many pods.
     Declarative(declarative::DeclarativeArgs),
+    /// Authentication plus authorisation per request (login token, 10,000 RoleBindings).
+    Auth(auth::AuthArgs),
+    /// Pod start latency on a host (create → Running) and the agent's memory.
+    Pods(pods::PodsArgs),
+    /// Placement in-process: 5,000 hosts, 10,000 pods — basic, node affinity, pod
+    /// anti-affinity, zone spread — and the quality of the result.
+    Scheduler(scheduler::SchedulerArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Api(args) => api::run(args).await,
         BenchCommand::Declarative(args) => declarative::run(args).await,
+        BenchCommand::Auth(args) => auth::run(args).await,
+        BenchCommand::Pods(args) => pods::run(args).await,
+        BenchCommand::Scheduler(args) => scheduler::run(args).await,
     }
 }

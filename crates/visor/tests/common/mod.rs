@@ -19,6 +19,8 @@ use http::{Method, StatusCode};
 use tempfile::TempDir;
 use visor::client::ApiClient;
 
+pub mod hosts;
+
 /// How long a server may take to write its kubeconfig.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one kubectl invocation may take before the test fails instead of hanging.
@@ -153,6 +155,8 @@ pub struct TestServer {
     /// kubectl's discovery cache, per server so that two servers reusing a port never share it.
     cache_dir: TempDir,
     starts: u32,
+    /// The subcommand and its extra flags: `server`, or `up ...` (server plus local agent).
+    role: Vec<String>,
     // Declared last so it is dropped after the server is killed.
     etcd: Option<Etcd>,
 }
@@ -160,6 +164,18 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on `backend` and waits until it is ready (its kubeconfig exists).
     pub fn start(backend: Backend) -> TestServer {
+        Self::start_role(backend, vec!["server".into()])
+    }
+
+    /// Starts `visor up` (the server with a local agent, on SQLite) with extra flags, and
+    /// waits until the server is ready; the host may join a moment later.
+    pub fn up(flags: &[&str]) -> TestServer {
+        let mut role = vec!["up".to_string()];
+        role.extend(flags.iter().map(|f| f.to_string()));
+        Self::start_role(Backend::Sqlite, role)
+    }
+
+    fn start_role(backend: Backend, role: Vec<String>) -> TestServer {
         let etcd = (backend == Backend::Etcd).then(Etcd::start);
         let mut server = TestServer {
             child: None,
@@ -168,6 +184,7 @@ impl TestServer {
             dir: tempfile::tempdir().unwrap(),
             cache_dir: tempfile::tempdir().unwrap(),
             starts: 0,
+            role,
             etcd,
         };
         server.spawn();
@@ -209,7 +226,7 @@ impl TestServer {
         self.starts += 1;
         let mut command = Command::new(env!("CARGO_BIN_EXE_visor"));
         command
-            .arg("server")
+            .args(&self.role)
             .arg("--data-dir")
             .arg(self.dir.path())
             .args(["--listen", &format!("127.0.0.1:{}", self.port)]);

@@ -1,0 +1,421 @@
+//! The quota controller: recounts what each ResourceQuota's namespace uses, copies
+//! `spec.hard` to `status.hard`, and repairs drift in `status.used` — usage admission charged
+//! for writes that then failed, and usage freed by deletions (admission only ever adds).
+//!
+//! Flow: a namespace is marked for a recount when one of its quotas changes, when a pod,
+//! claim, service, ConfigMap or Secret in it is deleted, when a pod in it finishes, and for
+//! every namespace with quotas once a minute (which covers `count/…` keys of other kinds).
+//! A recount reads the quota, lists (consistently) every kind its keys count, and computes
+//! the usage with the same evaluators admission uses.
+//!
+//! Guarantees: the controller never lowers `status.used` below what admission has charged
+//! for writes that may still land. Admission charges a quota, then writes the object, so a
+//! recount taken in between would miss that object. A lower count is therefore written only
+//! when the quota has not changed for [`SETTLE`] since it was read (so every charge in it is
+//! at least that old, and its object written or failed), and with the quota's resource
+//! version as precondition. Higher counts (objects admission never saw, such as those made
+//! before the quota) are written at once: over-counting only refuses, never over-commits.
+//!
+//! Caveats: under a steady stream of charges to one quota, releases wait for a pause of
+//! [`SETTLE`]; an object write delayed by more than [`SETTLE`] after its charge could be
+//! missed by one recount.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
+};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use visor_apiserver::admission::usage::{self, ResourceList};
+
+/// How long a quota must stay unchanged before a recount may lower its usage.
+pub const SETTLE: Duration = Duration::from_secs(2);
+/// How often every quota is recounted regardless of events.
+const RESYNC: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading quota {namespace}/{name}: {source}")]
+    Read {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("discovering the resource counted by {key}: {source}")]
+    Discover { key: String, source: kube::Error },
+    #[error("listing {resource} in {namespace}: {source}")]
+    List {
+        namespace: String,
+        resource: String,
+        source: kube::Error,
+    },
+    #[error("writing the status of quota {namespace}/{name}: {source}")]
+    WriteStatus {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+}
+
+/// Namespaces waiting for a recount, and the wake-up of the worker.
+#[derive(Default)]
+struct Dirty {
+    namespaces: Mutex<BTreeSet<String>>,
+    wake: Notify,
+}
+
+impl Dirty {
+    fn mark(&self, namespace: &str) {
+        self.namespaces
+            .lock()
+            .expect("dirty set")
+            .insert(namespace.to_string());
+        self.wake.notify_one();
+    }
+}
+
+/// A lower count seen for a quota at a resource version, and when that version was read.
+type Pending = HashMap<String, (String, Instant)>;
+
+struct Context {
+    client: Client,
+    quotas: Store<ResourceQuota>,
+    dirty: Arc<Dirty>,
+    pending: Mutex<Pending>,
+    resources: Mutex<HashMap<(String, String), ApiResource>>,
+}
+
+/// Runs the controller until its watches end.
+pub async fn run(client: Client) {
+    let (quotas, writer) = reflector::store();
+    let dirty = Arc::new(Dirty::default());
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        quotas: quotas.clone(),
+        dirty: dirty.clone(),
+        pending: Mutex::new(HashMap::new()),
+        resources: Mutex::new(HashMap::new()),
+    });
+    let quota_events = {
+        let dirty = dirty.clone();
+        watcher(Api::<ResourceQuota>::all(client.clone()))
+            .reflect(writer)
+            .applied_objects()
+            .try_for_each(move |q| {
+                if let Some(ns) = q.namespace() {
+                    dirty.mark(&ns);
+                }
+                futures::future::ready(Ok(()))
+            })
+    };
+    let pods = {
+        let (dirty, quotas) = (dirty.clone(), quotas.clone());
+        watcher(Api::<Pod>::all(client.clone())).try_for_each(move |event| {
+            // A pod frees its usage when deleted or when it finishes.
+            let freed = match &event {
+                Event::Delete(p) => Some(p),
+                Event::Apply(p)
+                    if matches!(
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                        Some("Succeeded" | "Failed")
+                    ) =>
+                {
+                    Some(p)
+                }
+                _ => None,
+            };
+            if let Some(ns) = freed.and_then(|p| p.namespace()) {
+                mark_if_quoted(&quotas, &dirty, &ns);
+            }
+            futures::future::ready(Ok(()))
+        })
+    };
+    let deletions = futures::future::join_all([
+        deletions::<PersistentVolumeClaim>(&client, &quotas, &dirty),
+        deletions::<Service>(&client, &quotas, &dirty),
+        deletions::<ConfigMap>(&client, &quotas, &dirty),
+        deletions::<Secret>(&client, &quotas, &dirty),
+    ]);
+    let resync = {
+        let (dirty, quotas) = (dirty.clone(), quotas.clone());
+        async move {
+            loop {
+                tokio::time::sleep(RESYNC).await;
+                for q in quotas.state() {
+                    if let Some(ns) = q.namespace() {
+                        dirty.mark(&ns);
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        r = quota_events => tracing::error!(?r, "quota watch ended"),
+        r = pods => tracing::error!(?r, "pod watch ended"),
+        _ = deletions => tracing::error!("deletion watches ended"),
+        _ = resync => {}
+        _ = work(ctx) => {}
+    }
+}
+
+fn watcher<K>(api: Api<K>) -> impl futures::Stream<Item = watcher::Result<Event<K>>> + Send
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher::watcher(api, watcher::Config::default()).default_backoff()
+}
+
+fn mark_if_quoted(quotas: &Store<ResourceQuota>, dirty: &Dirty, namespace: &str) {
+    if quotas
+        .state()
+        .iter()
+        .any(|q| q.namespace().as_deref() == Some(namespace))
+    {
+        dirty.mark(namespace);
+    }
+}
+
+/// Marks a namespace with quotas whenever an object of `K` in it is deleted (metadata only).
+fn deletions<K>(
+    client: &Client,
+    quotas: &Store<ResourceQuota>,
+    dirty: &Arc<Dirty>,
+) -> futures::future::BoxFuture<'static, ()>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let api = Api::<PartialObjectMeta<K>>::all(client.clone());
+    let (quotas, dirty) = (quotas.clone(), dirty.clone());
+    Box::pin(async move {
+        let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+        let _ = stream
+            .try_for_each(|event| {
+                if let Event::Delete(obj) = event
+                    && let Some(ns) = obj.namespace()
+                {
+                    mark_if_quoted(&quotas, &dirty, &ns);
+                }
+                futures::future::ready(Ok(()))
+            })
+            .await;
+    })
+}
+
+/// The worker: recounts marked namespaces one at a time.
+async fn work(ctx: Arc<Context>) {
+    loop {
+        let next = ctx.dirty.namespaces.lock().expect("dirty set").pop_first();
+        let Some(namespace) = next else {
+            ctx.dirty.wake.notified().await;
+            continue;
+        };
+        let quotas: Vec<String> = ctx
+            .quotas
+            .state()
+            .iter()
+            .filter(|q| q.namespace().as_deref() == Some(namespace.as_str()))
+            .map(|q| q.name_any())
+            .collect();
+        for name in quotas {
+            match sync(&ctx, &namespace, &name).await {
+                Ok(None) => {}
+                Ok(Some(after)) => requeue(&ctx, &namespace, after),
+                Err(error) => {
+                    tracing::warn!(%error, "quota recount; retrying");
+                    requeue(&ctx, &namespace, crate::ERROR_REQUEUE);
+                }
+            }
+        }
+    }
+}
+
+fn requeue(ctx: &Arc<Context>, namespace: &str, after: Duration) {
+    let (dirty, namespace) = (ctx.dirty.clone(), namespace.to_string());
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        dirty.mark(&namespace);
+    });
+}
+
+/// Recounts one quota. Returns when to look again, if a lower count waits to settle.
+async fn sync(ctx: &Context, namespace: &str, name: &str) -> Result<Option<Duration>, Error> {
+    let api: Api<ResourceQuota> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(quota) = api.get_opt(name).await.map_err(|source| Error::Read {
+        namespace: namespace.into(),
+        name: name.into(),
+        source,
+    })?
+    else {
+        return Ok(None);
+    };
+    let read_at = Instant::now();
+    let version = quota.resource_version().unwrap_or_default();
+    let uid = quota.uid().unwrap_or_default();
+    let quota_json = serde_json::to_value(&quota).unwrap_or(Value::Null);
+    let hard = usage::parse_list(quota_json.pointer("/spec/hard"));
+    let used = usage::parse_list(quota_json.pointer("/status/used"));
+    let counted = recount(ctx, namespace, &hard).await?;
+    let settled = {
+        let pending = ctx.pending.lock().expect("pending");
+        pending
+            .get(&uid)
+            .is_some_and(|(v, since)| *v == version && since.elapsed() >= SETTLE)
+    };
+    let mut next_used = BTreeMap::new();
+    let mut lowering_waits = false;
+    for key in hard.keys() {
+        let count = counted.get(key).copied().unwrap_or_else(|| usage::count(0));
+        let value = match used.get(key) {
+            Some(u) if count < *u && !settled => {
+                lowering_waits = true;
+                *u
+            }
+            _ => count,
+        };
+        next_used.insert(key.clone(), json!(value.canonical()));
+    }
+    {
+        let mut pending = ctx.pending.lock().expect("pending");
+        if lowering_waits {
+            // Start the clock at this version unless it already runs for it.
+            let entry = pending
+                .entry(uid.clone())
+                .or_insert_with(|| (version.clone(), read_at));
+            if entry.0 != version {
+                *entry = (version.clone(), read_at);
+            }
+        } else {
+            pending.remove(&uid);
+        }
+    }
+    let next_hard = quota_json
+        .pointer("/spec/hard")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let current_status = quota_json.get("status").cloned().unwrap_or(Value::Null);
+    let next_status = json!({ "hard": next_hard, "used": next_used });
+    if current_status.get("hard") != next_status.get("hard")
+        || current_status.get("used") != next_status.get("used")
+    {
+        // A replace with the read version: a charge made since then wins and we recount.
+        let body: ResourceQuota = match serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": { "name": name, "namespace": namespace, "resourceVersion": version },
+            "spec": quota_json.get("spec").cloned().unwrap_or_else(|| json!({})),
+            "status": next_status,
+        })) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!(%e, "a recounted quota status does not decode");
+                return Ok(None);
+            }
+        };
+        let write = api.replace_status(name, &Default::default(), &body).await;
+        match write {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
+                return Ok(Some(Duration::from_millis(200)));
+            }
+            Err(source) => {
+                return Err(Error::WriteStatus {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(lowering_waits.then_some(SETTLE))
+}
+
+/// What the namespace uses of each key in `hard`, from a consistent list of each kind counted.
+async fn recount(
+    ctx: &Context,
+    namespace: &str,
+    hard: &ResourceList,
+) -> Result<ResourceList, Error> {
+    let mut resources: BTreeSet<(String, String)> = BTreeSet::new();
+    for key in hard.keys() {
+        if let Some(r) = usage::key_resource(key) {
+            resources.insert(r);
+        }
+    }
+    let mut total = ResourceList::new();
+    for key in hard.keys() {
+        total.insert(key.clone(), usage::count(0));
+    }
+    for (group, resource) in resources {
+        let Some(api_resource) = resolve(ctx, &group, &resource, hard).await? else {
+            // A kind that is not served (yet) has no objects.
+            continue;
+        };
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), namespace, &api_resource);
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|source| Error::List {
+                namespace: namespace.into(),
+                resource: resource.clone(),
+                source,
+            })?;
+        for item in list.items {
+            let value = serde_json::to_value(&item).unwrap_or(Value::Null);
+            let mut u = usage::usage(&group, &resource, &value);
+            u.retain(|k, _| hard.contains_key(k));
+            usage::add_all(&mut total, &u);
+        }
+    }
+    Ok(total)
+}
+
+/// The served form of a resource, by discovery (remembered once found).
+async fn resolve(
+    ctx: &Context,
+    group: &str,
+    resource: &str,
+    hard: &ResourceList,
+) -> Result<Option<ApiResource>, Error> {
+    let key = (group.to_string(), resource.to_string());
+    if let Some(found) = ctx.resources.lock().expect("resources").get(&key) {
+        return Ok(Some(found.clone()));
+    }
+    let found = match kube::discovery::group(&ctx.client, group).await {
+        Ok(g) => g
+            .recommended_resources()
+            .into_iter()
+            .find(|(r, _)| r.plural == resource)
+            .map(|(r, _)| r),
+        Err(kube::Error::Api(e)) if e.code == 404 => None,
+        Err(source) => {
+            return Err(Error::Discover {
+                key: hard.keys().next().cloned().unwrap_or_default(),
+                source,
+            });
+        }
+    };
+    if let Some(found) = &found {
+        ctx.resources
+            .lock()
+            .expect("resources")
+            .insert(key, found.clone());
+    }
+    Ok(found)
+}

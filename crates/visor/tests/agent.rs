@@ -1,0 +1,368 @@
+//! Hosts join and pods run for real: `visor agent` (OCI through runc, and simulated) against a
+//! real `visor server`, driven by the real kubectl.
+
+mod common;
+
+use std::time::Duration;
+
+use common::hosts::{TestAgent, import_test_image};
+use common::{Backend, TestServer, eventually};
+use serde_json::Value;
+
+const IMAGE: &str = "registry.test/busybox:1.0";
+const READY: Duration = Duration::from_secs(60);
+
+fn pod_yaml(name: &str, node: &str, body: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 2\n{body}"
+    )
+}
+
+fn phase(server: &TestServer, pod: &str) -> String {
+    let output = server.kubectl(&["get", "pod", pod, "-o", "jsonpath={.status.phase}"]);
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn wait_phase(server: &TestServer, agent: &TestAgent, pod: &str, want: &str) -> Value {
+    eventually(&format!("pod {pod} {want}"), READY, || {
+        (phase(server, pod) == want).then_some(())
+    });
+    let _ = agent;
+    server.json(&["get", "pod", pod])
+}
+
+fn container_state(server: &TestServer, pod: &str) -> Value {
+    let pod = server.json(&["get", "pod", pod]);
+    pod["status"]["containerStatuses"][0].clone()
+}
+
+#[test]
+fn simulated_hosts_join_heartbeat_and_move_pods_through_their_phases() {
+    let server = TestServer::start(Backend::Sqlite);
+    let mut agent = TestAgent::start(
+        &server,
+        "sim",
+        &["--runtime", "sim", "--count", "3", "--zone", "zone-a"],
+    );
+    for i in 0..3 {
+        let name = format!("sim-{i:04}");
+        eventually(&format!("{name} Ready"), READY, || {
+            let out = server.kubectl(&["get", "node", &name]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains(" Ready ")
+                .then_some(())
+        });
+    }
+    let _ = &mut agent;
+    let node = server.json(&["get", "node", "sim-0001"]);
+    let labels = &node["metadata"]["labels"];
+    assert_eq!(labels["visor.dev/simulated"], "true");
+    assert_eq!(labels["topology.kubernetes.io/zone"], "zone-a");
+    assert_eq!(labels["kubernetes.io/hostname"], "sim-0001");
+    assert_eq!(node["status"]["capacity"]["cpu"], "32");
+    let wide = server.ok(&["get", "nodes", "-o", "wide"]);
+    assert!(wide.contains("Visor simulated host"), "{wide}");
+    assert!(wide.contains("sim://"), "{wide}");
+    // The heartbeat Lease is renewed.
+    let lease = server.json(&["get", "lease", "-n", "kube-node-lease", "sim-0002"]);
+    assert_eq!(lease["spec"]["holderIdentity"], "sim-0002");
+
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &pod_yaml(
+            "simulated",
+            "sim-0001",
+            "  containers:\n  - name: app\n    image: nginx:1.27\n",
+        ),
+    );
+    let pod = wait_phase(&server, &agent, "simulated", "Running");
+    let ip = pod["status"]["podIP"].as_str().unwrap_or_default().to_string();
+    assert!(ip.starts_with("10."), "pod IP {ip:?}");
+    assert_eq!(pod["status"]["containerStatuses"][0]["ready"], true);
+    assert!(
+        pod["status"]["containerStatuses"][0]["containerID"]
+            .as_str()
+            .unwrap()
+            .starts_with("sim://")
+    );
+    // Deletion completes once the host has stopped the pod.
+    server.ok(&["delete", "pod", "simulated", "--wait=true", "--timeout=30s"]);
+    let gone = server.kubectl(&["get", "pod", "simulated"]);
+    assert!(!gone.status.success());
+}
+
+#[test]
+fn a_pod_runs_on_visor_up_and_its_output_is_in_kubectl_logs() {
+    let network = common::hosts::PodNetwork::unique();
+    let server = TestServer::up(&[
+        "--agent-listen",
+        "127.0.0.1:0",
+        "--pod-cidr",
+        &network.cidr,
+        "--bridge",
+        &network.bridge,
+    ]);
+    let agent_dir = server.data_dir().join("agent");
+    let _cleanup = CleanUp(agent_dir.clone(), network.clone());
+    let node = eventually("the local host", READY, || {
+        let out = server.kubectl(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"]);
+        let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (!name.is_empty()).then_some(name)
+    });
+    eventually("the local host Ready", READY, || {
+        let out = server.kubectl(&["get", "node", &node]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains(" Ready ")
+            .then_some(())
+    });
+    import_test_image(&agent_dir, IMAGE);
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &pod_yaml(
+            "hello",
+            &node,
+            &format!(
+                "  restartPolicy: Never\n  containers:\n  - name: app\n    image: {IMAGE}\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"echo hello from $(POD_NAME); echo to stderr >&2\"]\n    env:\n    - name: POD_NAME\n      valueFrom:\n        fieldRef:\n          fieldPath: metadata.name\n"
+            ),
+        ),
+    );
+    let pod = eventually("pod hello Succeeded", READY, || {
+        (phase(&server, "hello") == "Succeeded").then(|| server.json(&["get", "pod", "hello"]))
+    });
+    let state = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(state["exitCode"], 0);
+    assert_eq!(state["reason"], "Completed");
+    let logs = server.ok(&["logs", "hello"]);
+    assert!(logs.contains("hello from hello"), "{logs}");
+    assert!(logs.contains("to stderr"), "{logs}");
+    server.ok(&["delete", "pod", "hello", "--wait=true", "--timeout=30s"]);
+}
+
+/// Removes what a `visor up` host left when the test ends (the server is killed, pods stay).
+struct CleanUp(std::path::PathBuf, common::hosts::PodNetwork);
+
+impl Drop for CleanUp {
+    fn drop(&mut self) {
+        common::hosts::clean_up_host(&self.0, &self.1);
+    }
+}
+
+#[test]
+fn containers_are_limited_restarted_probed_and_report_why() {
+    let server = TestServer::start(Backend::Sqlite);
+    let mut agent = TestAgent::start(&server, "host-a", &[]);
+    agent.wait_ready(&server, READY);
+    import_test_image(agent.dir.path(), IMAGE);
+    let spec = |name: &str, body: &str| {
+        pod_yaml(
+            name,
+            "host-a",
+            &format!(
+                "  containers:\n  - name: app\n    image: {IMAGE}\n    imagePullPolicy: IfNotPresent\n{body}"
+            ),
+        )
+    };
+    // Over its memory limit: OOMKilled.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &spec(
+            "hog",
+            "    command: [\"sh\", \"-c\", \"x=aaaaaaaaaaaaaaaaaaaaaaaa; while true; do x=$x$x; done\"]\n    resources:\n      limits:\n        memory: 16Mi\n",
+        ),
+    );
+    // Crashing: backs off.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &spec("crasher", "    command: [\"sh\", \"-c\", \"exit 3\"]\n"),
+    );
+    // Readiness follows a file the test creates with exec.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &spec(
+            "probed",
+            "    command: [\"sh\", \"-c\", \"sleep 3600\"]\n    readinessProbe:\n      exec:\n        command: [\"cat\", \"/tmp/ready\"]\n      periodSeconds: 1\n      failureThreshold: 1\n",
+        ),
+    );
+    // A missing image.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &pod_yaml(
+            "missing",
+            "host-a",
+            "  containers:\n  - name: app\n    image: 127.0.0.1:9/nothing/here:1.0\n",
+        ),
+    );
+
+    eventually("hog OOMKilled", READY, || {
+        let status = container_state(&server, "hog");
+        let last = &status["lastState"]["terminated"];
+        let now = &status["state"]["terminated"];
+        (last["reason"] == "OOMKilled" || now["reason"] == "OOMKilled").then_some(())
+    });
+    eventually("crasher in CrashLoopBackOff", READY, || {
+        let status = container_state(&server, "crasher");
+        (status["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+            && status["restartCount"].as_u64() >= Some(1)
+            && status["lastState"]["terminated"]["exitCode"] == 3)
+            .then_some(())
+    });
+    eventually("probed running", READY, || {
+        (phase(&server, "probed") == "Running").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(container_state(&server, "probed")["ready"], false);
+    let exec = server.kubectl(&["exec", "probed", "--", "sh", "-c", "touch /tmp/ready; echo made"]);
+    assert!(
+        exec.status.success(),
+        "kubectl exec: {}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&exec.stdout).trim(), "made");
+    eventually("probed Ready", READY, || {
+        (container_state(&server, "probed")["ready"] == true).then_some(())
+    });
+    let failing = server.kubectl(&["exec", "probed", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(failing.status.code(), Some(7), "exec passes the exit code on");
+    eventually("missing image backs off", READY, || {
+        let waiting = &container_state(&server, "missing")["state"]["waiting"];
+        let reason = waiting["reason"].as_str().unwrap_or_default().to_string();
+        (reason == "ImagePullBackOff" || reason == "ErrImagePull").then_some(())
+    });
+
+    for pod in ["hog", "crasher", "probed", "missing"] {
+        server.ok(&["delete", "pod", pod, "--wait=false"]);
+    }
+    eventually("all pods gone", READY, || {
+        server
+            .ok(&["get", "pods", "-o", "name"])
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+}
+
+#[test]
+fn pods_reach_each_other_and_survive_an_agent_restart() {
+    let server = TestServer::start(Backend::Sqlite);
+    let mut agent = TestAgent::start(&server, "host-b", &[]);
+    agent.wait_ready(&server, READY);
+    import_test_image(agent.dir.path(), IMAGE);
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      nodeName: host-b\n      terminationGracePeriodSeconds: 2\n      containers:\n      - name: httpd\n        image: {IMAGE}\n        imagePullPolicy: Never\n        command: [\"sh\", \"-c\", \"mkdir -p /www && echo served-by-visor > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n        readinessProbe:\n          httpGet: {{path: /index.html, port: 8080}}\n          periodSeconds: 1\n"
+        ),
+    );
+    let web = eventually("web pod Ready", READY, || {
+        let pods = server.json(&["get", "pods", "-l", "app=web"]);
+        let pod = pods["items"][0].clone();
+        (pod["status"]["containerStatuses"][0]["ready"] == true).then_some(pod)
+    });
+    let web_ip = web["status"]["podIP"].as_str().unwrap().to_string();
+    let web_name = web["metadata"]["name"].as_str().unwrap().to_string();
+    let container_id = web["status"]["containerStatuses"][0]["containerID"].clone();
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &pod_yaml(
+            "client",
+            "host-b",
+            &format!(
+                "  restartPolicy: Never\n  containers:\n  - name: wget\n    image: {IMAGE}\n    imagePullPolicy: Never\n    command: [\"wget\", \"-q\", \"-O\", \"-\", \"http://{web_ip}:8080/index.html\"]\n"
+            ),
+        ),
+    );
+    eventually("client Succeeded", READY, || {
+        (phase(&server, "client") == "Succeeded").then_some(())
+    });
+    assert!(server.ok(&["logs", "client"]).contains("served-by-visor"));
+
+    // The agent dies and comes back: the pod keeps its container.
+    agent.kill9();
+    agent.start_again();
+    agent.wait_ready(&server, READY);
+    std::thread::sleep(Duration::from_secs(3));
+    let after = server.json(&["get", "pod", &web_name]);
+    assert_eq!(after["status"]["containerStatuses"][0]["containerID"], container_id);
+    assert_eq!(after["status"]["containerStatuses"][0]["restartCount"], 0);
+    assert_eq!(after["status"]["phase"], "Running");
+
+    server.ok(&["delete", "deployment", "web"]);
+    server.ok(&["delete", "pod", "client"]);
+    eventually("pods gone", READY, || {
+        server
+            .ok(&["get", "pods", "-o", "name"])
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+}
+
+#[test]
+fn thirty_pods_start_and_stop_and_leave_nothing_behind_and_a_second_host_joins() {
+    let server = TestServer::start(Backend::Sqlite);
+    let mut first = TestAgent::start(&server, "host-c", &[]);
+    let mut second = TestAgent::start(&server, "host-d", &[]);
+    first.wait_ready(&server, READY);
+    second.wait_ready(&server, READY);
+    let nodes = server.ok(&["get", "nodes", "-o", "name"]);
+    assert!(nodes.contains("node/host-c") && nodes.contains("node/host-d"), "{nodes}");
+    import_test_image(first.dir.path(), IMAGE);
+    let mut manifest = String::new();
+    for i in 0..30 {
+        manifest.push_str(&pod_yaml(
+            &format!("p{i}"),
+            "host-c",
+            &format!(
+                "  containers:\n  - name: app\n    image: {IMAGE}\n    imagePullPolicy: Never\n    command: [\"sleep\", \"3600\"]\n"
+            ),
+        ));
+        manifest.push_str("\n---\n");
+    }
+    server.ok_stdin(&["apply", "-f", "-"], &manifest);
+    eventually("30 pods Running", Duration::from_secs(120), || {
+        let pods = server.json(&["get", "pods"]);
+        let running = pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .count();
+        (running == 30).then_some(())
+    });
+    server.ok(&["delete", "pods", "--all", "--wait=true", "--timeout=120s"]);
+    // Nothing of the pods is left on the host.
+    let netns = std::fs::read_dir("/run/netns")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let state = first.dir.path().join("oci");
+    let leftovers = visor_leftovers(&state);
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?} ({netns} netns on the machine)");
+}
+
+/// Sandboxes and containers the OCI runtime still knows about.
+fn visor_leftovers(state: &std::path::Path) -> Vec<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use visor_agent::runtime::Runtime;
+        let oci = visor_agent::oci::OciRuntime::new(visor_agent::oci::OciOptions::new(state))
+            .unwrap();
+        let mut left: Vec<String> = oci
+            .list_sandboxes()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| format!("sandbox {}", s.id))
+            .collect();
+        left.extend(
+            oci.list_containers()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| format!("container {}", c.id)),
+        );
+        left
+    })
+}
