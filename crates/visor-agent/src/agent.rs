@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::StreamExt;
 
 use crate::node::{self, HostNode};
 use crate::pods::{self, Directory, Shared};
@@ -49,6 +50,9 @@ pub struct AgentConfig {
     pub insecure_registries: Vec<String>,
     /// Capacity of each simulated host.
     pub sim_capacity: BTreeMap<String, String>,
+    /// Simulated hosts only: act through this kubeconfig's identity instead of joining each
+    /// host (as kwok does), so thousands of hosts need no certificates.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -62,32 +66,58 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     match config.runtime {
         RuntimeKind::Oci => {
-            anyhow::ensure!(config.count <= 1, "--count is for simulated hosts (--runtime sim)");
+            anyhow::ensure!(
+                config.count <= 1,
+                "--count is for simulated hosts (--runtime sim)"
+            );
+            anyhow::ensure!(
+                config.kubeconfig.is_none(),
+                "--kubeconfig is for simulated hosts; a real host joins with --token"
+            );
             let mut options = crate::oci::OciOptions::new(data_dir.join("oci"));
             options.pod_cidr = config.pod_cidr.clone();
             options.bridge = config.bridge.clone();
             let runtime: Arc<dyn Runtime> = Arc::new(crate::oci::OciRuntime::new(options)?);
-            let images = crate::images::Images::open(
-                &data_dir.join("images"),
-                &config.insecure_registries,
-            )?;
-            let host = start_host(&config, &config.name, &data_dir, runtime, Arc::new(images)).await?;
-            tasks.spawn(host);
+            let images =
+                crate::images::Images::open(&data_dir.join("images"), &config.insecure_registries)?;
+            let host = start_host(
+                &config,
+                &config.name,
+                &data_dir,
+                runtime,
+                Arc::new(images),
+                None,
+            )
+            .await?;
+            let shared = host.shared.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    result = host.running => result,
+                    result = pods::run(shared) => result,
+                }
+            });
         }
         RuntimeKind::Sim => {
-            let base: ipnet::Ipv4Net = config.pod_cidr.parse().with_context(|| {
-                format!("--pod-cidr {:?} is not an IPv4 CIDR", config.pod_cidr)
-            })?;
+            let base: ipnet::Ipv4Net = config
+                .pod_cidr
+                .parse()
+                .with_context(|| format!("--pod-cidr {:?} is not an IPv4 CIDR", config.pod_cidr))?;
             let count = config.count.max(1);
             // The CIDR is split evenly between the simulated hosts (at most /30 each); hosts
             // beyond what it holds get no pod addresses.
             let bits = u32::BITS - (count - 1).leading_zeros();
-            let prefix = (base.prefix_len() as u32 + if count > 1 { bits } else { 0 }).min(30) as u8;
+            let prefix =
+                (base.prefix_len() as u32 + if count > 1 { bits } else { 0 }).min(30) as u8;
             let subnets: Vec<ipnet::Ipv4Net> = base
                 .subnets(prefix.max(base.prefix_len()))
                 .map(|s| s.take(count as usize).collect())
                 .unwrap_or_default();
-            for index in 0..count {
+            let pool_client = match &config.kubeconfig {
+                Some(path) => Some(client_from_kubeconfig(path).await?),
+                None => None,
+            };
+            // Hosts register a few at a time: thousands at once would only queue at the server.
+            let starts = (0..count).map(|index| {
                 let name = if count == 1 {
                     config.name.clone()
                 } else {
@@ -96,22 +126,41 @@ pub async fn run(
                 let mut host_config = config.clone();
                 let cidr = subnets.get(index as usize).copied();
                 host_config.pod_cidr = cidr.map(|c| c.to_string()).unwrap_or_default();
-                let runtime: Arc<dyn Runtime> = Arc::new(crate::sim::SimRuntime::new(cidr));
                 let host_dir = if count == 1 {
                     data_dir.clone()
                 } else {
                     data_dir.join("hosts").join(&name)
                 };
-                let host = start_host(
-                    &host_config,
-                    &name,
-                    &host_dir,
-                    runtime,
-                    Arc::new(crate::images::NoImages),
-                )
-                .await?;
-                tasks.spawn(host);
+                let pool_client = pool_client.clone();
+                async move {
+                    let runtime: Arc<dyn Runtime> = Arc::new(crate::sim::SimRuntime::new(cidr));
+                    start_host(
+                        &host_config,
+                        &name,
+                        &host_dir,
+                        runtime,
+                        Arc::new(crate::images::NoImages),
+                        pool_client,
+                    )
+                    .await
+                }
+            });
+            let hosts: Vec<Host> = futures::stream::iter(starts)
+                .buffer_unordered(32)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<anyhow::Result<_>>()?;
+            let watch_client = hosts
+                .first()
+                .map(|h| h.shared.client.clone())
+                .context("no host started")?;
+            let mut by_name = std::collections::HashMap::new();
+            for host in hosts {
+                by_name.insert(host.shared.node_name.clone(), host.shared.clone());
+                tasks.spawn(host.running);
             }
+            tasks.spawn(pods::run_hosts(watch_client, by_name));
             tracing::info!(hosts = count, "simulated hosts running");
         }
     }
@@ -125,6 +174,23 @@ pub async fn run(
     Ok(())
 }
 
+/// A kube client from a kubeconfig file.
+async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .with_context(|| format!("using {}", path.display()))?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// A registered host: what its pod workers share, and the future that keeps it going
+/// (heartbeats and, for real hosts, the endpoint).
+struct Host {
+    shared: Arc<Shared>,
+    running: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>,
+}
+
 /// Joins and registers one host, and returns the future that keeps it going.
 async fn start_host(
     config: &AgentConfig,
@@ -132,7 +198,8 @@ async fn start_host(
     dir: &Path,
     runtime: Arc<dyn Runtime>,
     images: Arc<dyn pods::ImageResolver>,
-) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>> + use<>> {
+    pool_client: Option<kube::Client>,
+) -> anyhow::Result<Host> {
     std::fs::create_dir_all(dir)?;
     let simulated = runtime.simulated();
     let listener = if simulated {
@@ -157,16 +224,25 @@ async fn start_host(
         }
     });
     let serving_names = vec![node_ip.clone(), name.to_string()];
-    let credentials = crate::join::credentials(&crate::join::JoinOptions {
-        server: &config.server,
-        token: config.token.as_deref(),
-        node_name: name,
-        serving_names: &serving_names,
-        certificate_authority: config.certificate_authority.as_deref(),
-        pki_dir: &dir.join("pki"),
-    })
-    .await?;
-    let client = crate::join::client(&config.server, &credentials)?;
+    // Simulated hosts of a pool act through the pool's identity and serve no endpoint.
+    let (client, credentials) = match pool_client {
+        Some(client) => (client, None),
+        None => {
+            let credentials = crate::join::credentials(&crate::join::JoinOptions {
+                server: &config.server,
+                token: config.token.as_deref(),
+                node_name: name,
+                serving_names: &serving_names,
+                certificate_authority: config.certificate_authority.as_deref(),
+                pki_dir: &dir.join("pki"),
+            })
+            .await?;
+            (
+                crate::join::client(&config.server, &credentials)?,
+                Some(credentials),
+            )
+        }
+    };
     let capacity = if simulated {
         config.sim_capacity.clone()
     } else {
@@ -215,9 +291,10 @@ async fn start_host(
         node_uid,
         config.lease_interval,
         config.status_interval,
+        config.count > 1,
     );
-    let serving = match listener {
-        Some(listener) => {
+    let serving = match (listener, credentials) {
+        (Some(listener), Some(credentials)) => {
             let tls = crate::server::agent_tls_config(
                 &credentials.ca,
                 &credentials.serving_cert,
@@ -232,9 +309,9 @@ async fn start_host(
                 std::future::pending::<()>(),
             ))
         }
-        None => None,
+        _ => None,
     };
-    Ok(async move {
+    let running = async move {
         let serving = async move {
             match serving {
                 Some(serving) => {
@@ -247,7 +324,10 @@ async fn start_host(
         tokio::select! {
             _ = heartbeat => Ok(()),
             result = serving => result,
-            result = pods::run(shared) => result,
         }
+    };
+    Ok(Host {
+        shared,
+        running: Box::pin(running),
     })
 }

@@ -73,8 +73,7 @@ pub async fn credentials(options: &JoinOptions<'_>) -> anyhow::Result<Credential
     )?;
     let pinned_ca = match options.certificate_authority {
         Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?,
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
         ),
         None => None,
     };
@@ -94,18 +93,15 @@ pub async fn credentials(options: &JoinOptions<'_>) -> anyhow::Result<Credential
     let request = http::Request::post("/join")
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(body)?;
-    let answer: JoinResponse = client
-        .request(request)
-        .await
-        .map_err(|e| match e {
-            kube::Error::Api(status) => anyhow::anyhow!(
-                "the server refused to let {} join: {} ({})",
-                options.node_name,
-                status.message,
-                status.code
-            ),
-            other => anyhow::anyhow!("joining {}: {other}", options.server),
-        })?;
+    let answer: JoinResponse = client.request(request).await.map_err(|e| match e {
+        kube::Error::Api(status) => anyhow::anyhow!(
+            "the server refused to let {} join: {} ({})",
+            options.node_name,
+            status.message,
+            status.code
+        ),
+        other => anyhow::anyhow!("joining {}: {other}", options.server),
+    })?;
     if let Some(pinned) = &pinned_ca
         && pinned.trim() != answer.ca_certificate.trim()
     {
@@ -154,9 +150,8 @@ pub fn client(server: &str, credentials: &Credentials) -> anyhow::Result<kube::C
     );
     config.root_cert = Some(pem_to_der(&credentials.ca)?);
     config.auth_info.client_certificate_data = Some(base64_pem(&credentials.client_cert));
-    config.auth_info.client_key_data = Some(SecretString::from(base64_pem(
-        &credentials.client_key,
-    )));
+    config.auth_info.client_key_data =
+        Some(SecretString::from(base64_pem(&credentials.client_key)));
     config.connect_timeout = Some(Duration::from_secs(10));
     kube::Client::try_from(config).context("building the host's API client")
 }
@@ -234,7 +229,9 @@ fn load(dir: &Path, node_name: &str, names: &[String]) -> anyhow::Result<Option<
     if !paths.iter().all(|p| p.exists()) {
         return Ok(None);
     }
-    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+    };
     let credentials = Credentials {
         ca: read(&paths[0])?,
         client_cert: read(&paths[1])?,

@@ -145,7 +145,10 @@ fn read_trimmed(path: &str) -> String {
 }
 
 /// What the host has: CPUs, memory, the data directory's filesystem and a pod count.
-pub fn measure_capacity(data_dir: &Path, max_pods: u32) -> anyhow::Result<BTreeMap<String, String>> {
+pub fn measure_capacity(
+    data_dir: &Path,
+    max_pods: u32,
+) -> anyhow::Result<BTreeMap<String, String>> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
     let memory_kib = meminfo
@@ -235,7 +238,11 @@ pub async fn report_status(client: &kube::Client, host: &HostNode) -> anyhow::Re
     let now = Time(jiff::Timestamp::now());
     let patch = json!({ "status": host.status(&now) });
     nodes
-        .patch_status(&host.name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .patch_status(
+            &host.name,
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
         .await
         .with_context(|| format!("reporting the status of Node {}", host.name))?;
     Ok(())
@@ -253,7 +260,13 @@ pub async fn heartbeat(
     node_uid: String,
     lease_interval: Duration,
     status_interval: Duration,
+    spread: bool,
 ) {
+    // Many hosts in one process renew at spread-out instants, not all at once.
+    if spread {
+        let fraction: f64 = rand::random();
+        tokio::time::sleep(lease_interval.mul_f64(fraction)).await;
+    }
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let nodes: Api<Node> = Api::all(client.clone());
     let mut kept: Option<Lease> = None;

@@ -230,11 +230,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// Runs a command with streams attached; returns its exit code.
     async fn exec(&self, id: &str, argv: &[String], streams: ExecStreams) -> RuntimeResult<i32>;
     /// A connection to `port` inside the sandbox's network (port-forward).
-    async fn port_forward(
-        &self,
-        sandbox_id: &str,
-        port: u16,
-    ) -> RuntimeResult<Box<dyn PortStream>>;
+    async fn port_forward(&self, sandbox_id: &str, port: u16)
+    -> RuntimeResult<Box<dyn PortStream>>;
 }
 
 /// A byte stream into a pod's network.

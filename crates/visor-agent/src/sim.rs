@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 use crate::runtime::{
-    ContainerConfig, ContainerState, ContainerStatus, ExecOutput, ExecStreams, PortStream,
-    Runtime, RuntimeError, RuntimeResult, Sandbox, SandboxConfig,
+    ContainerConfig, ContainerState, ContainerStatus, ExecOutput, ExecStreams, PortStream, Runtime,
+    RuntimeError, RuntimeResult, Sandbox, SandboxConfig,
 };
 
 #[derive(Default)]
@@ -47,7 +47,9 @@ impl SimRuntime {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -17,7 +17,10 @@
 //! 3. **Evictions (HA restart).** Pods on a host with a `NoExecute` taint they do not tolerate
 //!    are deleted: for the unreachable and not-ready taints after the host failure grace
 //!    (`visor server --host-failure-grace`, 30 s) — or after the pod's own `tolerationSeconds`
-//!    when it has a toleration for that taint — and for other `NoExecute` taints at once.
+//!    when it has a toleration for that taint — and for other `NoExecute` taints at once. The
+//!    300 s tolerations the `DefaultTolerationSeconds` admission adds to every pod are upstream's
+//!    way of saying "the default delay"; here the host failure grace is that default, so those
+//!    exact tolerations are read as "no toleration of its own".
 //!    Their controllers then create replacements, which the scheduler places on healthy hosts
 //!    (the taints keep them off the failed one).
 //!
@@ -49,6 +52,8 @@ use crate::stores;
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+/// What the DefaultTolerationSeconds admission gives every pod for the two taints above.
+const DEFAULT_TOLERATION_SECONDS: i64 = 300;
 
 /// How the controller judges hosts.
 #[derive(Clone, Debug)]
@@ -280,6 +285,9 @@ fn eviction_delay(pod: &Pod, taint: &Taint, host_failure_grace: Duration) -> Opt
             effect_ok && key_ok
         });
     let host_failure = taint.key == UNREACHABLE_TAINT || taint.key == NOT_READY_TAINT;
+    // The toleration the DefaultTolerationSeconds admission gives every pod is not the pod's
+    // own wish: on a failed host, the host failure grace replaces it.
+    let toleration = toleration.filter(|t| !(host_failure && is_admission_default(t)));
     match (toleration, host_failure) {
         (Some(t), _) => t
             .toleration_seconds
@@ -287,6 +295,15 @@ fn eviction_delay(pod: &Pod, taint: &Taint, host_failure_grace: Duration) -> Opt
         (None, true) => Some(host_failure_grace),
         (None, false) => Some(Duration::ZERO),
     }
+}
+
+/// Whether a toleration is exactly the one the DefaultTolerationSeconds admission adds.
+fn is_admission_default(t: &k8s_openapi::api::core::v1::Toleration) -> bool {
+    t.operator.as_deref() == Some("Exists")
+        && t.effect.as_deref() == Some("NoExecute")
+        && t.toleration_seconds == Some(DEFAULT_TOLERATION_SECONDS)
+        && t.value.is_none()
+        && matches!(t.key.as_deref(), Some(UNREACHABLE_TAINT | NOT_READY_TAINT))
 }
 
 async fn delete_pod(client: &Client, pod: &Pod, force: bool) -> Result<(), kube::Error> {
@@ -428,14 +445,26 @@ mod tests {
             Some(Duration::ZERO)
         );
         let patient = pod_with(json!([{"key": UNREACHABLE_TAINT, "operator": "Exists",
-            "effect": "NoExecute", "tolerationSeconds": 300}]));
+            "effect": "NoExecute", "tolerationSeconds": 600}]));
         assert_eq!(
             eviction_delay(&patient, &taint(UNREACHABLE_TAINT), grace),
-            Some(Duration::from_secs(300))
+            Some(Duration::from_secs(600))
         );
         assert_eq!(
             eviction_delay(&patient, &taint(NOT_READY_TAINT), grace),
             Some(grace)
+        );
+        let defaulted = pod_with(json!([{"key": UNREACHABLE_TAINT, "operator": "Exists",
+            "effect": "NoExecute", "tolerationSeconds": 300}]));
+        assert_eq!(
+            eviction_delay(&defaulted, &taint(UNREACHABLE_TAINT), grace),
+            Some(grace)
+        );
+        let own = pod_with(json!([{"key": UNREACHABLE_TAINT, "operator": "Exists",
+            "effect": "NoExecute", "tolerationSeconds": 301}]));
+        assert_eq!(
+            eviction_delay(&own, &taint(UNREACHABLE_TAINT), grace),
+            Some(Duration::from_secs(301))
         );
         let forever = pod_with(json!([{"operator": "Exists"}]));
         assert_eq!(

@@ -784,3 +784,64 @@ async fn pull_from_a_localhost_registry_named_as_insecure() {
         .unwrap();
     assert_eq!(pulled.id, image.id);
 }
+
+/// Unmounts a test mount however the test ends.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let status = std::process::Command::new("umount").arg(&self.0).status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!("could not unmount {}", self.0.display());
+        }
+    }
+}
+
+#[test]
+fn unpacked_layers_stack_as_overlayfs_lower_dirs() {
+    let work = tempfile::tempdir().unwrap();
+    let image = build_busybox_image(&work.path().join("build"), "localhost/overlay:1").unwrap();
+    let store = ImageStore::open(&work.path().join("images")).unwrap();
+    store
+        .import(&image.oci_archive, None, &ProgressBar::hidden())
+        .unwrap();
+    let resolved = store.lookup("localhost/overlay:1").unwrap().unwrap();
+
+    let merged = work.path().join("merged");
+    fs::create_dir(&merged).unwrap();
+    // overlayfs lists lower directories top first.
+    let lower: Vec<String> = resolved
+        .layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!("lowerdir={}", lower.join(":")))
+        .arg(&merged)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mounting the layers as overlayfs");
+    let _unmount = Unmount(merged.clone());
+
+    assert!(
+        !merged.join("etc/doomed").exists(),
+        "the whiteout hides the lower file"
+    );
+    assert!(merged.join("etc/passwd").is_file());
+    assert!(merged.join("var/cache/fresh.txt").is_file());
+    assert!(
+        !merged.join("var/cache/old").exists(),
+        "the opaque directory hides the lower tree"
+    );
+    let output = std::process::Command::new(merged.join("bin/busybox"))
+        .args(["cat"])
+        .arg(merged.join("usr/share/hello-link.txt"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "hello from the visor test image\n"
+    );
+}

@@ -53,9 +53,9 @@ const BIND_CONCURRENCY: usize = 64;
 const BATCH: usize = 256;
 
 enum Msg {
-    Pod(Event<Pod>),
-    Node(Event<Node>),
-    Namespace(Event<Namespace>),
+    Pod(Box<Event<Pod>>),
+    Node(Box<Event<Node>>),
+    Namespace(Box<Event<Namespace>>),
     Bound {
         key: String,
         host: String,
@@ -98,9 +98,9 @@ struct State {
 /// Runs the scheduler until the task is dropped or every watch ends.
 pub async fn run(client: Client) {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    spawn_watch::<Pod>(client.clone(), tx.clone(), Msg::Pod);
-    spawn_watch::<Node>(client.clone(), tx.clone(), Msg::Node);
-    spawn_watch::<Namespace>(client.clone(), tx.clone(), Msg::Namespace);
+    spawn_watch::<Pod>(client.clone(), tx.clone(), |e| Msg::Pod(Box::new(e)));
+    spawn_watch::<Node>(client.clone(), tx.clone(), |e| Msg::Node(Box::new(e)));
+    spawn_watch::<Namespace>(client.clone(), tx.clone(), |e| Msg::Namespace(Box::new(e)));
     let mut state = State {
         client,
         cluster: Cluster::new(),
@@ -208,8 +208,17 @@ impl State {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Pod(Event::Init) => self.relist_pods = Some(HashSet::new()),
-            Msg::Pod(Event::InitApply(pod)) => {
+            Msg::Pod(event) => self.pod_event(*event),
+            Msg::Node(event) => self.node_event(*event),
+            Msg::Namespace(event) => self.namespace_event(*event),
+            Msg::Bound { key, host, error } => self.bound_outcome(key, host, error),
+        }
+    }
+
+    fn pod_event(&mut self, event: Event<Pod>) {
+        match event {
+            Event::Init => self.relist_pods = Some(HashSet::new()),
+            Event::InitApply(pod) => {
                 if let Some(seen) = self.relist_pods.as_mut() {
                     seen.insert(pod_key(
                         pod.metadata.namespace.as_deref().unwrap_or_default(),
@@ -218,7 +227,7 @@ impl State {
                 }
                 self.apply_pod(pod);
             }
-            Msg::Pod(Event::InitDone) => {
+            Event::InitDone => {
                 if let Some(seen) = self.relist_pods.take() {
                     let gone: Vec<String> = self
                         .bound
@@ -232,22 +241,27 @@ impl State {
                     }
                 }
             }
-            Msg::Pod(Event::Apply(pod)) => self.apply_pod(pod),
-            Msg::Pod(Event::Delete(pod)) => {
+            Event::Apply(pod) => self.apply_pod(pod),
+            Event::Delete(pod) => {
                 let key = pod_key(
                     pod.metadata.namespace.as_deref().unwrap_or_default(),
                     pod.metadata.name.as_deref().unwrap_or_default(),
                 );
                 self.remove_pod(&key);
             }
-            Msg::Node(Event::Init) => self.relist_nodes = Some(HashSet::new()),
-            Msg::Node(Event::InitApply(node)) => {
+        }
+    }
+
+    fn node_event(&mut self, event: Event<Node>) {
+        match event {
+            Event::Init => self.relist_nodes = Some(HashSet::new()),
+            Event::InitApply(node) => {
                 if let Some(seen) = self.relist_nodes.as_mut() {
                     seen.insert(node.metadata.name.clone().unwrap_or_default());
                 }
                 self.apply_node(&node);
             }
-            Msg::Node(Event::InitDone) => {
+            Event::InitDone => {
                 if let Some(seen) = self.relist_nodes.take() {
                     let gone: Vec<String> = self
                         .nodes
@@ -261,13 +275,18 @@ impl State {
                     }
                 }
             }
-            Msg::Node(Event::Apply(node)) => self.apply_node(&node),
-            Msg::Node(Event::Delete(node)) => {
+            Event::Apply(node) => self.apply_node(&node),
+            Event::Delete(node) => {
                 let name = node.metadata.name.clone().unwrap_or_default();
                 self.nodes.remove(&name);
                 self.cluster.remove_host(&name);
             }
-            Msg::Namespace(Event::Apply(ns) | Event::InitApply(ns)) => {
+        }
+    }
+
+    fn namespace_event(&mut self, event: Event<Namespace>) {
+        match event {
+            Event::Apply(ns) | Event::InitApply(ns) => {
                 let name = ns.metadata.name.clone().unwrap_or_default();
                 let zones = ns
                     .metadata
@@ -286,13 +305,12 @@ impl State {
                     .insert(name, ns.metadata.labels.clone().unwrap_or_default());
                 self.wake = true;
             }
-            Msg::Namespace(Event::Delete(ns)) => {
+            Event::Delete(ns) => {
                 let name = ns.metadata.name.clone().unwrap_or_default();
                 self.cluster.set_namespace_zones(&name, None);
                 self.namespace_labels.remove(&name);
             }
-            Msg::Namespace(Event::Init | Event::InitDone) => {}
-            Msg::Bound { key, host, error } => self.bound_outcome(key, host, error),
+            Event::Init | Event::InitDone => {}
         }
     }
 

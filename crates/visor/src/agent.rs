@@ -70,6 +70,10 @@ pub struct AgentArgs {
     /// Registries reached over plain HTTP (host:port).
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// Simulated hosts only: act through this kubeconfig instead of joining each host (as
+    /// kwok does), so thousands of hosts need no certificates of their own.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
     /// CPUs of each simulated host.
     #[arg(long, default_value = "32")]
     pub sim_cpu: String,
@@ -116,6 +120,7 @@ impl AgentArgs {
                 lease_interval
             },
             insecure_registries: self.insecure_registries,
+            kubeconfig: self.kubeconfig,
             sim_capacity: BTreeMap::from([
                 ("cpu".into(), self.sim_cpu),
                 ("memory".into(), self.sim_memory),
@@ -166,6 +171,7 @@ pub fn local_agent(
                 pod_pids_limit: 4096,
                 lease_interval: 10,
                 insecure_registries: Vec::new(),
+                kubeconfig: None,
                 sim_cpu: String::new(),
                 sim_memory: String::new(),
             };

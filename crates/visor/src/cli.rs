@@ -159,14 +159,17 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 None => server::default_data_dir()?,
             };
             let local_agent = crate::agent::local_agent(agent_listen, pod_cidr, bridge);
-            server::run_with(ServerOptions {
-                data_dir,
-                listen,
-                datastore: "sqlite".into(),
-                auth: security.auth(),
-                audit: security.audit(),
-                placement: Default::default(),
-            }, Some(local_agent))
+            server::run_with(
+                ServerOptions {
+                    data_dir,
+                    listen,
+                    datastore: "sqlite".into(),
+                    auth: security.auth(),
+                    audit: security.audit(),
+                    placement: Default::default(),
+                },
+                Some(local_agent),
+            )
             .await
         }
         Command::Agent(args) => crate::agent::run(args).await,

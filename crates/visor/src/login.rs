@@ -202,8 +202,15 @@ fn write_kubeconfig(path: &Path, config: &Value) -> anyhow::Result<()> {
     result.with_context(|| format!("writing {}", path.display()))
 }
 
+/// The `visor.io/login` mark of a named user or cluster entry (kept in the entry's
+/// `extensions`).
 fn marker(entry: &Value) -> Option<&Value> {
-    entry["extensions"]
+    let inner = if entry["user"].is_object() {
+        &entry["user"]
+    } else {
+        &entry["cluster"]
+    };
+    inner["extensions"]
         .as_array()?
         .iter()
         .find(|e| e["name"] == EXTENSION)
@@ -244,7 +251,7 @@ fn remove_logins(config: &mut Value, server: Option<&str>) -> Vec<String> {
         .filter_map(|c| c["context"]["cluster"].as_str().map(str::to_string))
         .collect();
     entries_mut(config, "clusters")
-        .retain(|c| !(ours(c) && !used.iter().any(|u| Some(u.as_str()) == c["name"].as_str())));
+        .retain(|c| !ours(c) || used.iter().any(|u| Some(u.as_str()) == c["name"].as_str()));
     if config["current-context"]
         .as_str()
         .is_some_and(|current| removed.iter().any(|r| r == current))

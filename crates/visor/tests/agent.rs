@@ -63,8 +63,19 @@ fn simulated_hosts_join_heartbeat_and_move_pods_through_their_phases() {
     let wide = server.ok(&["get", "nodes", "-o", "wide"]);
     assert!(wide.contains("Visor simulated host"), "{wide}");
     assert!(wide.contains("sim://"), "{wide}");
-    // The heartbeat Lease is renewed.
-    let lease = server.json(&["get", "lease", "-n", "kube-node-lease", "sim-0002"]);
+    // Each host heartbeats through its Lease (hosts of one process spread their renewals).
+    let lease = eventually("sim-0002's Lease", READY, || {
+        let out = server.kubectl(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            "sim-0002",
+            "-o",
+            "json",
+        ]);
+        serde_json::from_slice::<Value>(&out.stdout).ok()
+    });
     assert_eq!(lease["spec"]["holderIdentity"], "sim-0002");
 
     server.ok_stdin(
@@ -76,7 +87,10 @@ fn simulated_hosts_join_heartbeat_and_move_pods_through_their_phases() {
         ),
     );
     let pod = wait_phase(&server, &agent, "simulated", "Running");
-    let ip = pod["status"]["podIP"].as_str().unwrap_or_default().to_string();
+    let ip = pod["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(ip.starts_with("10."), "pod IP {ip:?}");
     assert_eq!(pod["status"]["containerStatuses"][0]["ready"], true);
     assert!(
@@ -206,12 +220,32 @@ fn containers_are_limited_restarted_probed_and_report_why() {
             && status["lastState"]["terminated"]["exitCode"] == 3)
             .then_some(())
     });
+    // The previous attempt's output stays readable.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &spec(
+            "talker",
+            "    command: [\"sh\", \"-c\", \"echo attempt; sleep 1; exit 1\"]\n",
+        ),
+    );
+    eventually("talker restarted", READY, || {
+        (container_state(&server, "talker")["restartCount"].as_u64() >= Some(1)).then_some(())
+    });
+    let previous = server.ok(&["logs", "talker", "--previous"]);
+    assert_eq!(previous.trim(), "attempt");
     eventually("probed running", READY, || {
         (phase(&server, "probed") == "Running").then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(container_state(&server, "probed")["ready"], false);
-    let exec = server.kubectl(&["exec", "probed", "--", "sh", "-c", "touch /tmp/ready; echo made"]);
+    let exec = server.kubectl(&[
+        "exec",
+        "probed",
+        "--",
+        "sh",
+        "-c",
+        "touch /tmp/ready; echo made",
+    ]);
     assert!(
         exec.status.success(),
         "kubectl exec: {}",
@@ -222,14 +256,18 @@ fn containers_are_limited_restarted_probed_and_report_why() {
         (container_state(&server, "probed")["ready"] == true).then_some(())
     });
     let failing = server.kubectl(&["exec", "probed", "--", "sh", "-c", "exit 7"]);
-    assert_eq!(failing.status.code(), Some(7), "exec passes the exit code on");
+    assert_eq!(
+        failing.status.code(),
+        Some(7),
+        "exec passes the exit code on"
+    );
     eventually("missing image backs off", READY, || {
         let waiting = &container_state(&server, "missing")["state"]["waiting"];
         let reason = waiting["reason"].as_str().unwrap_or_default().to_string();
         (reason == "ImagePullBackOff" || reason == "ErrImagePull").then_some(())
     });
 
-    for pod in ["hog", "crasher", "probed", "missing"] {
+    for pod in ["hog", "crasher", "talker", "probed", "missing"] {
         server.ok(&["delete", "pod", pod, "--wait=false"]);
     }
     eventually("all pods gone", READY, || {
@@ -276,13 +314,28 @@ fn pods_reach_each_other_and_survive_an_agent_restart() {
     });
     assert!(server.ok(&["logs", "client"]).contains("served-by-visor"));
 
+    // kubectl port-forward reaches the pod through the API server and the agent.
+    let local_port = common::free_port();
+    let mut forward = server.kubectl_stream(&[
+        "port-forward",
+        &format!("pod/{web_name}"),
+        &format!("{local_port}:8080"),
+    ]);
+    forward.wait_for(READY, |line| line.contains("Forwarding from"));
+    let page = http_get(local_port, "/index.html");
+    assert!(page.contains("served-by-visor"), "{page}");
+    drop(forward);
+
     // The agent dies and comes back: the pod keeps its container.
     agent.kill9();
     agent.start_again();
     agent.wait_ready(&server, READY);
     std::thread::sleep(Duration::from_secs(3));
     let after = server.json(&["get", "pod", &web_name]);
-    assert_eq!(after["status"]["containerStatuses"][0]["containerID"], container_id);
+    assert_eq!(
+        after["status"]["containerStatuses"][0]["containerID"],
+        container_id
+    );
     assert_eq!(after["status"]["containerStatuses"][0]["restartCount"], 0);
     assert_eq!(after["status"]["phase"], "Running");
 
@@ -305,7 +358,10 @@ fn thirty_pods_start_and_stop_and_leave_nothing_behind_and_a_second_host_joins()
     first.wait_ready(&server, READY);
     second.wait_ready(&server, READY);
     let nodes = server.ok(&["get", "nodes", "-o", "name"]);
-    assert!(nodes.contains("node/host-c") && nodes.contains("node/host-d"), "{nodes}");
+    assert!(
+        nodes.contains("node/host-c") && nodes.contains("node/host-d"),
+        "{nodes}"
+    );
     import_test_image(first.dir.path(), IMAGE);
     let mut manifest = String::new();
     for i in 0..30 {
@@ -329,14 +385,51 @@ fn thirty_pods_start_and_stop_and_leave_nothing_behind_and_a_second_host_joins()
             .count();
         (running == 30).then_some(())
     });
-    server.ok(&["delete", "pods", "--all", "--wait=true", "--timeout=120s"]);
-    // Nothing of the pods is left on the host.
-    let netns = std::fs::read_dir("/run/netns")
-        .map(|d| d.count())
-        .unwrap_or(0);
     let state = first.dir.path().join("oci");
+    let sandboxes = visor_leftovers(&state);
+    assert_eq!(
+        sandboxes
+            .iter()
+            .filter(|s| s.starts_with("sandbox"))
+            .count(),
+        30
+    );
+    server.ok(&["delete", "pods", "--all", "--wait=true", "--timeout=120s"]);
+    // Nothing of the pods is left on the host: runtime state, network namespaces, mounts.
     let leftovers = visor_leftovers(&state);
-    assert!(leftovers.is_empty(), "left behind: {leftovers:?} ({netns} netns on the machine)");
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    let namespaces: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    for sandbox in sandboxes.iter().filter_map(|s| s.strip_prefix("sandbox ")) {
+        assert!(
+            !namespaces.iter().any(|n| n.contains(sandbox)),
+            "the network namespace of {sandbox} is left behind"
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let agent_dir = first.dir.path().to_string_lossy().to_string();
+    assert!(
+        !mounts.lines().any(|l| l.contains(&agent_dir)),
+        "mounts left behind under {agent_dir}"
+    );
+}
+
+/// A plain HTTP GET to a local port, answering the whole response.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
 }
 
 /// Sandboxes and containers the OCI runtime still knows about.
@@ -347,8 +440,8 @@ fn visor_leftovers(state: &std::path::Path) -> Vec<String> {
         .unwrap();
     runtime.block_on(async {
         use visor_agent::runtime::Runtime;
-        let oci = visor_agent::oci::OciRuntime::new(visor_agent::oci::OciOptions::new(state))
-            .unwrap();
+        let oci =
+            visor_agent::oci::OciRuntime::new(visor_agent::oci::OciOptions::new(state)).unwrap();
         let mut left: Vec<String> = oci
             .list_sandboxes()
             .await
@@ -365,4 +458,69 @@ fn visor_leftovers(state: &std::path::Path) -> Vec<String> {
         );
         left
     })
+}
+
+#[test]
+fn a_pool_of_simulated_hosts_shares_one_identity_and_one_watch() {
+    let server = TestServer::start(Backend::Sqlite);
+    let kubeconfig = server.kubeconfig().to_string_lossy().to_string();
+    let _agent = TestAgent::start(
+        &server,
+        "pool",
+        &[
+            "--runtime",
+            "sim",
+            "--count",
+            "200",
+            "--kubeconfig",
+            &kubeconfig,
+            "--pod-cidr",
+            "10.64.0.0/12",
+        ],
+    );
+    eventually("200 simulated hosts Ready", READY, || {
+        let nodes = server.json(&["get", "nodes"]);
+        let ready = nodes["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| {
+                n["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            })
+            .count();
+        (ready == 200).then_some(())
+    });
+    let mut manifest = String::new();
+    for i in 0..40 {
+        manifest.push_str(&pod_yaml(
+            &format!("spread-{i}"),
+            &format!("pool-{:04}", i * 5),
+            "  containers:\n  - name: app\n    image: nginx:1.27\n",
+        ));
+        manifest.push_str("\n---\n");
+    }
+    server.ok_stdin(&["apply", "-f", "-"], &manifest);
+    eventually("40 pods Running on 40 hosts", READY, || {
+        let pods = server.json(&["get", "pods"]);
+        let items = pods["items"].as_array().unwrap();
+        let running = items
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string())
+            .count();
+        (running == 40).then_some(())
+    });
+    // Each host's pod addresses come from its own share of the pool's network.
+    let pods = server.json(&["get", "pods"]);
+    let mut ips: Vec<String> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["status"]["podIP"].as_str().unwrap().to_string())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 40, "pod IPs are unique");
 }

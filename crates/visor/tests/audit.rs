@@ -57,7 +57,10 @@ fn every_answered_request_is_audited_up_to_shutdown() {
     assert_eq!(delete["objectRef"]["name"], "c19");
     assert_eq!(delete["responseStatus"]["code"], 200);
     let last = events.last().unwrap();
-    assert_eq!(last["objectRef"]["name"], "c19", "the last request before shutdown: {last}");
+    assert_eq!(
+        last["objectRef"]["name"], "c19",
+        "the last request before shutdown: {last}"
+    );
     assert_eq!(last["responseStatus"]["code"], 404, "{last}");
     assert!(
         !events.iter().any(|e| e["requestURI"]

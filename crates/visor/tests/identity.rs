@@ -19,6 +19,7 @@ use visor_apiserver::auth::permissions::{NamespacePermission, SubjectKind, role_
 
 const ALICE_PASSWORD: &str = "alice-Pa55word-7391";
 const BOB_PASSWORD: &str = "bob-Pa55word-5512";
+const BOB_NEW_PASSWORD: &str = "bob-N3w-Pa55word-8813";
 const WRONG_PASSWORD: &str = "not-the-password-0042";
 
 fn visor(args: &[&str], password: Option<&str>, path_prefix: Option<&Path>) -> Output {
@@ -356,6 +357,20 @@ fn users_log_in_and_get_exactly_their_grants() {
     succeeded("logout", &logout);
     assert!(bob.contexts().is_empty());
 
+    // A new password replaces the old one.
+    succeeded(
+        "user passwd",
+        &visor(
+            &["user", "passwd", "bob", "--kubeconfig", admin],
+            Some(BOB_NEW_PASSWORD),
+            None,
+        ),
+    );
+    eventually("bob's new password is in force", || {
+        login("bob", BOB_NEW_PASSWORD).1.status.success()
+    });
+    assert!(!login("bob", BOB_PASSWORD).1.status.success());
+
     // Wrong password and unknown user: the same refusal.
     let (_, wrong) = login("alice", WRONG_PASSWORD);
     let (_, unknown) = login("mallory", WRONG_PASSWORD);
@@ -601,6 +616,7 @@ fn users_log_in_and_get_exactly_their_grants() {
     for secret in [
         ALICE_PASSWORD,
         BOB_PASSWORD,
+        BOB_NEW_PASSWORD,
         WRONG_PASSWORD,
         token.as_str(),
         sa_token,

@@ -37,7 +37,6 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-pub use log::{CriLog, MAX_LINE as LOG_MAX_LINE, Stream as LogStream};
 pub use shim::shim_main;
 
 use crate::runtime::{

@@ -124,25 +124,48 @@ impl PodDirectory for Directory {
 
 /// Runs the host's pods until cancelled (see the module documentation).
 pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
-    let runtime = shared.runtime.clone();
-    let mut sandboxes: HashMap<String, crate::runtime::Sandbox> = runtime
-        .list_sandboxes()
-        .await?
-        .into_iter()
-        .map(|s| (s.pod_uid.clone(), s))
-        .collect();
-    let mut containers: HashMap<String, Vec<crate::runtime::ContainerStatus>> = HashMap::new();
-    for c in runtime.list_containers().await? {
-        if let Some(uid) = c.labels.get(POD_UID_LABEL) {
-            containers.entry(uid.clone()).or_default().push(c);
+    let client = shared.client.clone();
+    run_hosts(client, HashMap::from([(shared.node_name.clone(), shared)])).await
+}
+
+/// What a runtime already runs, by pod UID, for adoption.
+#[derive(Default)]
+struct Adoptable {
+    sandboxes: HashMap<String, crate::runtime::Sandbox>,
+    containers: HashMap<String, Vec<crate::runtime::ContainerStatus>>,
+}
+
+/// Runs the pods of several hosts of this process from one watch (simulated hosts); a single
+/// host watches only its own pods.
+pub async fn run_hosts(
+    client: kube::Client,
+    hosts: HashMap<String, Arc<Shared>>,
+) -> anyhow::Result<()> {
+    let mut adoptable: HashMap<String, Adoptable> = HashMap::new();
+    for (name, shared) in &hosts {
+        let runtime = &shared.runtime;
+        let mut found = Adoptable::default();
+        for sandbox in runtime.list_sandboxes().await? {
+            found.sandboxes.insert(sandbox.pod_uid.clone(), sandbox);
         }
-    }
-    if !sandboxes.is_empty() {
-        tracing::info!(pods = sandboxes.len(), "adopting the pods the runtime already runs");
+        for c in runtime.list_containers().await? {
+            if let Some(uid) = c.labels.get(POD_UID_LABEL) {
+                found.containers.entry(uid.clone()).or_default().push(c);
+            }
+        }
+        if !found.sandboxes.is_empty() {
+            tracing::info!(node = %name, pods = found.sandboxes.len(), "adopting the pods the runtime already runs");
+        }
+        adoptable.insert(name.clone(), found);
     }
 
-    let pods: Api<Pod> = Api::all(shared.client.clone());
-    let config = watcher::Config::default().fields(&format!("spec.nodeName={}", shared.node_name));
+    let pods: Api<Pod> = Api::all(client);
+    let config = match hosts.keys().next() {
+        Some(only) if hosts.len() == 1 => {
+            watcher::Config::default().fields(&format!("spec.nodeName={only}"))
+        }
+        _ => watcher::Config::default(),
+    };
     let mut events = watcher(pods, config).boxed();
     let mut workers: HashMap<String, watch::Sender<Option<Arc<Pod>>>> = HashMap::new();
     let mut listing: Option<HashSet<String>> = None;
@@ -160,6 +183,10 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
                 let Some(uid) = pod.metadata.uid.clone() else {
                     continue;
                 };
+                let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+                let Some((node, shared)) = node.and_then(|n| hosts.get_key_value(n)) else {
+                    continue;
+                };
                 if let Some(seen) = listing.as_mut() {
                     seen.insert(uid.clone());
                 }
@@ -170,12 +197,14 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
                     }
                     _ => {
                         let (sender, receiver) = watch::channel(Some(pod));
-                        let worker = Worker::new(
-                            shared.clone(),
-                            uid.clone(),
-                            sandboxes.remove(&uid),
-                            containers.remove(&uid).unwrap_or_default(),
-                        );
+                        let (sandbox, containers) = match adoptable.get_mut(node) {
+                            Some(found) => (
+                                found.sandboxes.remove(&uid),
+                                found.containers.remove(&uid).unwrap_or_default(),
+                            ),
+                            None => (None, Vec::new()),
+                        };
+                        let worker = Worker::new(shared.clone(), uid.clone(), sandbox, containers);
                         tokio::spawn(worker.run(receiver));
                         workers.insert(uid, sender);
                     }
@@ -198,24 +227,36 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
                     }
                     keep
                 });
-                // What the runtime runs for pods deleted while the agent was down.
-                for (uid, sandbox) in sandboxes.drain() {
-                    let leftovers = containers.remove(&uid).unwrap_or_default();
-                    tracing::info!(%uid, "removing a pod that no longer exists");
-                    let (sender, receiver) = watch::channel(None);
-                    drop(sender);
-                    let worker = Worker::new(shared.clone(), uid, Some(sandbox), leftovers);
-                    tokio::spawn(worker.run(receiver));
-                }
-                for (uid, leftovers) in containers.drain() {
-                    let (sender, receiver) = watch::channel(None);
-                    drop(sender);
-                    let worker = Worker::new(shared.clone(), uid, None, leftovers);
-                    tokio::spawn(worker.run(receiver));
+                // What the runtimes run for pods deleted while the agent was down.
+                for (node, found) in adoptable.iter_mut() {
+                    let Some(shared) = hosts.get(node) else {
+                        continue;
+                    };
+                    for (uid, sandbox) in found.sandboxes.drain() {
+                        let leftovers = found.containers.remove(&uid).unwrap_or_default();
+                        tracing::info!(%uid, "removing a pod that no longer exists");
+                        remove_orphan(shared.clone(), uid, Some(sandbox), leftovers);
+                    }
+                    for (uid, leftovers) in found.containers.drain() {
+                        remove_orphan(shared.clone(), uid, None, leftovers);
+                    }
                 }
             }
         }
         workers.retain(|_, sender| !sender.is_closed());
     }
     Ok(())
+}
+
+/// Removes what a runtime runs for a pod that no longer exists.
+fn remove_orphan(
+    shared: Arc<Shared>,
+    uid: String,
+    sandbox: Option<crate::runtime::Sandbox>,
+    containers: Vec<crate::runtime::ContainerStatus>,
+) {
+    let (sender, receiver) = watch::channel(None);
+    drop(sender);
+    let worker = Worker::new(shared, uid, sandbox, containers);
+    tokio::spawn(worker.run(receiver));
 }

@@ -55,7 +55,8 @@ async fn run(container: Container, target: ProbeTarget, results: watch::Sender<P
         match until_success(startup, &container, &target).await {
             Ok(()) => results.send_modify(|r| r.started = true),
             Err(message) => {
-                results.send_modify(|r| r.failed = Some(format!("Startup probe failed: {message}")));
+                results
+                    .send_modify(|r| r.failed = Some(format!("Startup probe failed: {message}")));
                 return;
             }
         }
@@ -65,7 +66,8 @@ async fn run(container: Container, target: ProbeTarget, results: watch::Sender<P
     let live = async {
         if let Some(probe) = &liveness {
             if let Err(message) = watch_failures(probe, &container, &target).await {
-                results.send_modify(|r| r.failed = Some(format!("Liveness probe failed: {message}")));
+                results
+                    .send_modify(|r| r.failed = Some(format!("Liveness probe failed: {message}")));
             }
         } else {
             std::future::pending::<()>().await;
@@ -85,7 +87,8 @@ async fn run(container: Container, target: ProbeTarget, results: watch::Sender<P
 }
 
 fn timing(probe: &Probe) -> (Duration, Duration, Duration, i32, i32) {
-    let secs = |v: Option<i32>, default: i32| Duration::from_secs(v.unwrap_or(default).max(0) as u64);
+    let secs =
+        |v: Option<i32>, default: i32| Duration::from_secs(v.unwrap_or(default).max(0) as u64);
     (
         secs(probe.initial_delay_seconds, 0),
         secs(probe.period_seconds, 10).max(Duration::from_secs(1)),
@@ -96,7 +99,11 @@ fn timing(probe: &Probe) -> (Duration, Duration, Duration, i32, i32) {
 }
 
 /// Probes until one success; fails after `failureThreshold` consecutive failures.
-async fn until_success(probe: &Probe, container: &Container, target: &ProbeTarget) -> Result<(), String> {
+async fn until_success(
+    probe: &Probe,
+    container: &Container,
+    target: &ProbeTarget,
+) -> Result<(), String> {
     let (delay, period, timeout, _, failures_allowed) = timing(probe);
     tokio::time::sleep(delay).await;
     let mut failures = 0;
@@ -115,7 +122,11 @@ async fn until_success(probe: &Probe, container: &Container, target: &ProbeTarge
 }
 
 /// Probes forever; returns once failures reach the threshold in a row.
-async fn watch_failures(probe: &Probe, container: &Container, target: &ProbeTarget) -> Result<(), String> {
+async fn watch_failures(
+    probe: &Probe,
+    container: &Container,
+    target: &ProbeTarget,
+) -> Result<(), String> {
     let (delay, period, timeout, _, failures_allowed) = timing(probe);
     tokio::time::sleep(delay).await;
     let mut failures = 0;
@@ -191,7 +202,12 @@ async fn check(
     if let Some(tcp) = &probe.tcp_socket {
         let host = tcp.host.clone().unwrap_or_else(|| target.pod_ip.clone());
         let port = port_number(&tcp.port, container)?;
-        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port))).await {
+        return match tokio::time::timeout(
+            timeout,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("dial tcp {host}:{port}: {e}")),
             Err(_) => Err(format!("dial tcp {host}:{port}: i/o timeout")),
@@ -208,10 +224,15 @@ async fn check(
             .flatten()
             .map(|h| (h.name.clone(), h.value.clone()))
             .collect();
-        return match tokio::time::timeout(timeout, http_get(&scheme, &host, port, &path, &headers)).await {
+        return match tokio::time::timeout(timeout, http_get(&scheme, &host, port, &path, &headers))
+            .await
+        {
             Ok(Ok(code)) if (200..400).contains(&code) => Ok(()),
             Ok(Ok(code)) => Err(format!("HTTP probe failed with statuscode: {code}")),
-            Ok(Err(e)) => Err(format!("Get \"{}://{host}:{port}{path}\": {e}", scheme.to_lowercase())),
+            Ok(Err(e)) => Err(format!(
+                "Get \"{}://{host}:{port}{path}\": {e}",
+                scheme.to_lowercase()
+            )),
             Err(_) => Err(format!(
                 "Get \"{}://{host}:{port}{path}\": context deadline exceeded",
                 scheme.to_lowercase()
@@ -262,9 +283,12 @@ async fn http_get(
     let code = if scheme.eq_ignore_ascii_case("HTTPS") {
         let tls = crate::tls::insecure_client_config();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
-        let name = rustls_pki_types::ServerName::try_from(host.to_string())
+        let name =
+            rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+        let stream = connector
+            .connect(name, stream)
+            .await
             .map_err(|e| e.to_string())?;
-        let stream = connector.connect(name, stream).await.map_err(|e| e.to_string())?;
         send(hyper_util::rt::TokioIo::new(stream), request).await?
     } else {
         send(hyper_util::rt::TokioIo::new(stream), request).await?
@@ -272,7 +296,10 @@ async fn http_get(
     Ok(code)
 }
 
-async fn send<T>(io: T, request: http::Request<http_body_util::Empty<bytes::Bytes>>) -> Result<u16, String>
+async fn send<T>(
+    io: T,
+    request: http::Request<http_body_util::Empty<bytes::Bytes>>,
+) -> Result<u16, String>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -280,6 +307,9 @@ where
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(connection);
-    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(response.status().as_u16())
 }

@@ -129,7 +129,12 @@ impl PodFacts<'_> {
         let subscript = |prefix: &str, map: &Option<BTreeMap<String, String>>| {
             path.strip_prefix(prefix)
                 .and_then(|rest| rest.strip_suffix("']"))
-                .map(|key| map.as_ref().and_then(|m| m.get(key)).cloned().unwrap_or_default())
+                .map(|key| {
+                    map.as_ref()
+                        .and_then(|m| m.get(key))
+                        .cloned()
+                        .unwrap_or_default()
+                })
         };
         if let Some(v) = subscript("metadata.labels['", &meta.labels) {
             return Ok(v);
@@ -180,14 +185,22 @@ fn resource_field(
     let map = match section {
         "limits" => resources.limits,
         "requests" => resources.requests,
-        _ => return Err(config_error(format!("unsupported resource field {resource:?}"))),
+        _ => {
+            return Err(config_error(format!(
+                "unsupported resource field {resource:?}"
+            )));
+        }
     };
     let value = map
         .as_ref()
         .and_then(|m| m.get(name))
         .map(|q| q.0.clone())
         // An unset limit reads as the node's allocatable, as upstream.
-        .or_else(|| (section == "limits").then(|| node_capacity.get(name).cloned()).flatten())
+        .or_else(|| {
+            (section == "limits")
+                .then(|| node_capacity.get(name).cloned())
+                .flatten()
+        })
         .unwrap_or_else(|| "0".into());
     let amount = parse_quantity(&value)
         .ok_or_else(|| config_error(format!("invalid quantity {value:?} in {resource}")))?;
@@ -450,6 +463,18 @@ pub fn user(pod: &Pod, container: &Container, image: &ImageConfig) -> Option<(u3
     }
 }
 
+/// Fetches a projected service account token: (path, audience, expiration seconds) → token.
+pub type TokenSource<'a> = dyn Fn(
+        &str,
+        Option<&str>,
+        Option<i64>,
+    ) -> futures::future::BoxFuture<'static, anyhow::Result<String>>
+    + Sync
+    + 'a;
+
+/// A file to write into a volume: relative path, content, mode.
+type VolumeFile = (String, Vec<u8>, Option<i32>);
+
 /// The pod's volumes, prepared on disk under `pod_dir/volumes`.
 pub struct PreparedVolumes {
     pub paths: HashMap<String, PathBuf>,
@@ -467,8 +492,7 @@ pub async fn prepare_volumes(
     pod_dir: &Path,
     facts: &PodFacts<'_>,
     references: &mut References<'_>,
-    token: &(dyn Fn(&str, Option<&str>, Option<i64>) -> futures::future::BoxFuture<'static, anyhow::Result<String>>
-          + Sync),
+    token: &TokenSource<'_>,
 ) -> anyhow::Result<PreparedVolumes> {
     let mut prepared = PreparedVolumes {
         paths: HashMap::new(),
@@ -520,7 +544,7 @@ pub async fn prepare_volumes(
             write_files(&dir, &files, downward.default_mode)?;
             dir
         } else if let Some(projected) = &volume.projected {
-            let mut files: Vec<(String, Vec<u8>, Option<i32>)> = Vec::new();
+            let mut files: Vec<VolumeFile> = Vec::new();
             for source in projected.sources.iter().flatten() {
                 if let Some(cm) = &source.config_map {
                     match references.config_map_data(&cm.name).await? {
@@ -543,12 +567,8 @@ pub async fn prepare_volumes(
                     )?);
                 }
                 if let Some(sat) = &source.service_account_token {
-                    let text = token(
-                        &sat.path,
-                        sat.audience.as_deref(),
-                        sat.expiration_seconds,
-                    )
-                    .await?;
+                    let text =
+                        token(&sat.path, sat.audience.as_deref(), sat.expiration_seconds).await?;
                     files.push((sat.path.clone(), text.into_bytes(), None));
                 }
             }
@@ -565,10 +585,7 @@ pub async fn prepare_volumes(
     Ok(prepared)
 }
 
-fn select_keys(
-    data: &BTreeMap<String, Vec<u8>>,
-    items: Option<&[KeyToPath]>,
-) -> Vec<(String, Vec<u8>, Option<i32>)> {
+fn select_keys(data: &BTreeMap<String, Vec<u8>>, items: Option<&[KeyToPath]>) -> Vec<VolumeFile> {
     match items {
         Some(items) => items
             .iter()
@@ -601,7 +618,7 @@ fn write_keys(
 fn downward_files(
     items: &[DownwardAPIVolumeFile],
     facts: &PodFacts<'_>,
-) -> anyhow::Result<Vec<(String, Vec<u8>, Option<i32>)>> {
+) -> anyhow::Result<Vec<VolumeFile>> {
     items
         .iter()
         .map(|item| {
@@ -615,11 +632,7 @@ fn downward_files(
 }
 
 /// Writes files below `dir`, refusing paths that would leave it.
-fn write_files(
-    dir: &Path,
-    files: &[(String, Vec<u8>, Option<i32>)],
-    default_mode: Option<i32>,
-) -> anyhow::Result<()> {
+fn write_files(dir: &Path, files: &[VolumeFile], default_mode: Option<i32>) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
     for (relative, content, mode) in files {
@@ -648,7 +661,12 @@ fn write_files(
 fn host_path(path: &str, kind: Option<&str>) -> anyhow::Result<PathBuf> {
     let path = PathBuf::from(path);
     let meta = std::fs::metadata(&path).ok();
-    let fail = |what: &str| anyhow::anyhow!("hostPath type check failed: {} is not a {what}", path.display());
+    let fail = |what: &str| {
+        anyhow::anyhow!(
+            "hostPath type check failed: {} is not a {what}",
+            path.display()
+        )
+    };
     match kind.unwrap_or("") {
         "" => {}
         "DirectoryOrCreate" => {
@@ -788,15 +806,17 @@ mod tests {
 
     #[test]
     fn cpu_and_memory_become_cgroup_settings() {
-        let mut c = Container::default();
-        c.resources = Some(k8s_openapi::api::core::v1::ResourceRequirements {
-            requests: Some(BTreeMap::from([("cpu".into(), Quantity("250m".into()))])),
-            limits: Some(BTreeMap::from([
-                ("cpu".into(), Quantity("500m".into())),
-                ("memory".into(), Quantity("64Mi".into())),
-            ])),
+        let c = Container {
+            resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
+                requests: Some(BTreeMap::from([("cpu".into(), Quantity("250m".into()))])),
+                limits: Some(BTreeMap::from([
+                    ("cpu".into(), Quantity("500m".into())),
+                    ("memory".into(), Quantity("64Mi".into())),
+                ])),
+                ..Default::default()
+            }),
             ..Default::default()
-        });
+        };
         let r = resources(&c, Some(100));
         assert_eq!(r.cpu_shares, Some(256));
         assert_eq!(r.cpu_quota_us, Some(50_000));

@@ -55,7 +55,9 @@ pub fn container_status(view: &ContainerView<'_>) -> Value {
         _ => json!({ "waiting": { "reason": "ContainerCreating" } }),
     };
     let last_state = match view.previous {
-        Some(p) if p.state == ContainerState::Exited => json!({ "terminated": terminated(p, view.runtime) }),
+        Some(p) if p.state == ContainerState::Exited => {
+            json!({ "terminated": terminated(p, view.runtime) })
+        }
         _ => json!({}),
     };
     let mut status = json!({
@@ -82,7 +84,8 @@ pub fn phase(
     initialized: bool,
 ) -> &'static str {
     let failed_init = init.iter().any(|c| {
-        c.current.is_some_and(|s| s.state == ContainerState::Exited && s.exit_code != Some(0))
+        c.current
+            .is_some_and(|s| s.state == ContainerState::Exited && s.exit_code != Some(0))
     });
     if !initialized {
         return if failed_init && restart_policy == "Never" {
@@ -127,7 +130,11 @@ pub fn qos_class(pod: &Pod) -> &'static str {
     let containers: Vec<_> = pod
         .spec
         .iter()
-        .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
         .collect();
     let mut any = false;
     let mut guaranteed = true;

@@ -238,11 +238,16 @@ impl Worker {
             let namespace = pod.metadata.namespace.clone().unwrap_or_default();
             let mut references = References::new(&self.shared.client, &namespace);
             let token = token_source(self.shared.client.clone(), pod);
-            match spec::prepare_volumes(pod, &self.pod_dir(), &facts, &mut references, &token).await {
+            match spec::prepare_volumes(pod, &self.pod_dir(), &facts, &mut references, &token).await
+            {
                 Ok(volumes) => self.volumes = Some(volumes),
                 Err(e) => {
                     let message = format!("MountVolume.SetUp failed: {e:#}");
-                    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+                    for c in spec
+                        .containers
+                        .iter()
+                        .chain(spec.init_containers.iter().flatten())
+                    {
                         self.slots.entry(c.name.clone()).or_default().waiting =
                             Some(("ContainerCreating".into(), message.clone()));
                     }
@@ -251,7 +256,10 @@ impl Worker {
                 }
             }
         }
-        let restart_policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+        let restart_policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
         let mut wait = self.shared.poll;
         // Init containers, in order, each to completion.
         let mut initialized = true;
@@ -291,7 +299,9 @@ impl Worker {
                     let id = current.id.clone();
                     let runtime = runtime.clone();
                     tokio::spawn(async move {
-                        let _ = runtime.stop_container(&id, Duration::from_secs(grace)).await;
+                        let _ = runtime
+                            .stop_container(&id, Duration::from_secs(grace))
+                            .await;
                     });
                 }
                 let state = slot.current.as_ref().map(|c| (c.state, c.exit_code));
@@ -311,7 +321,8 @@ impl Worker {
                         }
                     }
                     _ => {
-                        if let Some(delay) = self.start_when_due(pod, &sandbox, container, false).await
+                        if let Some(delay) =
+                            self.start_when_due(pod, &sandbox, container, false).await
                         {
                             wait = wait.min(delay);
                         }
@@ -387,7 +398,11 @@ impl Worker {
                 slot.killing_for_probe = false;
                 None
             }
-            Err(StartError { reason, message, retry }) => {
+            Err(StartError {
+                reason,
+                message,
+                retry,
+            }) => {
                 tracing::info!(pod = %pod_name, container = %container.name, %reason, "{message}");
                 slot.waiting = Some((reason.to_string(), message));
                 slot.not_before = Some(now + retry);
@@ -407,14 +422,21 @@ impl Worker {
         let image_name = container.image.clone().unwrap_or_default();
         let image = if runtime.needs_images() {
             let policy = container.image_pull_policy.clone().unwrap_or_else(|| {
-                if image_name.ends_with(":latest") || !image_name.rsplit('/').next().unwrap_or("").contains(':') {
+                if image_name.ends_with(":latest")
+                    || !image_name.rsplit('/').next().unwrap_or("").contains(':')
+                {
                     "Always".into()
                 } else {
                     "IfNotPresent".into()
                 }
             });
             let pull_secrets = self.pull_secrets(pod).await;
-            match self.shared.images.resolve(&image_name, &policy, &pull_secrets).await {
+            match self
+                .shared
+                .images
+                .resolve(&image_name, &policy, &pull_secrets)
+                .await
+            {
                 Ok(image) => image,
                 Err(e) => return Err(self.image_failure(container, e)),
             }
@@ -445,7 +467,10 @@ impl Worker {
             )
             .await
             .map_err(|e| StartError::config(e.reason, e.message))?;
-            let volumes = self.volumes.as_ref().expect("volumes prepared before containers");
+            let volumes = self
+                .volumes
+                .as_ref()
+                .expect("volumes prepared before containers");
             let mounts = spec::mounts(container, volumes)
                 .map_err(|e| StartError::config(e.reason, e.message))?;
             (env, mounts)
@@ -742,10 +767,34 @@ impl Worker {
         };
         let containers_ready = !deleting && !app.is_empty() && app.iter().all(|c| c.ready);
         let mut conditions = vec![
-            status::condition(pod, "PodReadyToStartContainers", self.sandbox.as_ref().is_some_and(|s| s.ready), None, &now),
-            status::condition(pod, "Initialized", initialized, (!initialized).then_some("ContainersNotInitialized"), &now),
-            status::condition(pod, "Ready", containers_ready, (!containers_ready).then_some("ContainersNotReady"), &now),
-            status::condition(pod, "ContainersReady", containers_ready, (!containers_ready).then_some("ContainersNotReady"), &now),
+            status::condition(
+                pod,
+                "PodReadyToStartContainers",
+                self.sandbox.as_ref().is_some_and(|s| s.ready),
+                None,
+                &now,
+            ),
+            status::condition(
+                pod,
+                "Initialized",
+                initialized,
+                (!initialized).then_some("ContainersNotInitialized"),
+                &now,
+            ),
+            status::condition(
+                pod,
+                "Ready",
+                containers_ready,
+                (!containers_ready).then_some("ContainersNotReady"),
+                &now,
+            ),
+            status::condition(
+                pod,
+                "ContainersReady",
+                containers_ready,
+                (!containers_ready).then_some("ContainersNotReady"),
+                &now,
+            ),
         ];
         conditions.push(status::condition(pod, "PodScheduled", true, None, &now));
         let pod_ip = self.pod_ip(pod);
@@ -759,8 +808,11 @@ impl Worker {
             "containerStatuses": app.iter().map(status::container_status).collect::<Vec<_>>(),
         });
         if !init.is_empty() {
-            status["initContainerStatuses"] =
-                json!(init.iter().map(status::container_status).collect::<Vec<_>>());
+            status["initContainerStatuses"] = json!(
+                init.iter()
+                    .map(status::container_status)
+                    .collect::<Vec<_>>()
+            );
         }
         if let Some(ip) = pod_ip {
             status["podIP"] = json!(ip);
@@ -788,7 +840,10 @@ impl Worker {
             }
         }
         for slot in self.slots.values_mut() {
-            for c in [slot.current.take(), slot.previous.take()].into_iter().flatten() {
+            for c in [slot.current.take(), slot.previous.take()]
+                .into_iter()
+                .flatten()
+            {
                 if let Err(e) = runtime.remove_container(&c.id).await {
                     tracing::warn!(uid = %self.uid, "removing a container: {e}");
                 }
@@ -885,7 +940,11 @@ impl StartError {
 fn token_source(
     client: kube::Client,
     pod: &Pod,
-) -> impl Fn(&str, Option<&str>, Option<i64>) -> futures::future::BoxFuture<'static, anyhow::Result<String>>
+) -> impl Fn(
+    &str,
+    Option<&str>,
+    Option<i64>,
+) -> futures::future::BoxFuture<'static, anyhow::Result<String>>
 + Sync {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
@@ -897,8 +956,12 @@ fn token_source(
         .unwrap_or_else(|| "default".into());
     move |_path, audience, expiration| {
         let client = client.clone();
-        let (namespace, name, uid, account) =
-            (namespace.clone(), name.clone(), uid.clone(), account.clone());
+        let (namespace, name, uid, account) = (
+            namespace.clone(),
+            name.clone(),
+            uid.clone(),
+            account.clone(),
+        );
         let audience = audience.map(str::to_string);
         Box::pin(async move {
             let body = json!({

@@ -284,3 +284,76 @@ fn evaluate(
     next["status"]["used"] = Value::Object(used_json);
     Ok(Some(next))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn quota(hard: Value, used: Value) -> Value {
+        json!({"metadata": {"name": "compute"}, "spec": {"hard": hard}, "status": {"hard": hard, "used": used}})
+    }
+
+    fn pod(cpu: &str) -> Value {
+        json!({"metadata": {"name": "web"}, "spec": {"containers": [
+            {"name": "app", "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}, "limits": {"cpu": cpu, "memory": "64Mi"}}}
+        ]}})
+    }
+
+    fn check(quota: &Value, pod: &Value) -> ApiResult<Option<Value>> {
+        let delta = usage::usage("", "pods", pod);
+        evaluate("", "pods", pod, None, &delta, quota)
+    }
+
+    #[test]
+    fn a_charge_that_fits_adds_to_used() {
+        let q = quota(
+            json!({"cpu": "2", "pods": "10"}),
+            json!({"cpu": "1500m", "pods": "3"}),
+        );
+        let next = check(&q, &pod("500m")).unwrap().unwrap();
+        assert_eq!(next["status"]["used"], json!({"cpu": "2", "pods": "4"}));
+    }
+
+    #[test]
+    fn an_exceeding_charge_gets_upstreams_message() {
+        let q = quota(
+            json!({"cpu": "2", "pods": "10"}),
+            json!({"cpu": "1500m", "pods": "3"}),
+        );
+        let err = check(&q, &pod("600m")).unwrap_err();
+        assert_eq!(err.code, 403);
+        assert_eq!(
+            err.message,
+            r#"pods "web" is forbidden: exceeded quota: compute, requested: cpu=600m, used: cpu=1500m, limited: cpu=2"#
+        );
+    }
+
+    #[test]
+    fn a_pod_must_name_what_the_quota_constrains() {
+        let q = quota(json!({"limits.cpu": "2"}), json!({"limits.cpu": "0"}));
+        let bare = json!({"metadata": {"name": "web"}, "spec": {"containers": [{"name": "app"}]}});
+        let err = check(&q, &bare).unwrap_err();
+        assert_eq!(
+            err.message,
+            r#"pods "web" is forbidden: failed quota: compute: must specify limits.cpu for: app"#
+        );
+    }
+
+    #[test]
+    fn an_uncounted_quota_refuses_until_the_controller_counts_it() {
+        let q = json!({"metadata": {"name": "compute"}, "spec": {"hard": {"pods": "10"}}});
+        let err = check(&q, &pod("1")).unwrap_err();
+        assert_eq!(
+            err.message,
+            r#"pods "web" is forbidden: status unknown for quota: compute, resources: pods"#
+        );
+    }
+
+    #[test]
+    fn quotas_on_other_resources_are_not_touched() {
+        let q = quota(json!({"configmaps": "1"}), json!({"configmaps": "1"}));
+        assert!(check(&q, &pod("1")).unwrap().is_none());
+    }
+}

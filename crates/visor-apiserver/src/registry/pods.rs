@@ -85,7 +85,8 @@ impl Registry {
     /// read, and a pod whose `spec.nodeName` is set is refused with upstream's `409` message.
     pub async fn bind_pod(&self, scope: &Scope, name: &str, binding: Value) -> ApiResult<Value> {
         let kind = binding.get("kind").and_then(Value::as_str).unwrap_or("");
-        if kind != "Binding" {
+        // A body without a kind is one, as upstream decodes it with the endpoint's kind.
+        if !kind.is_empty() && kind != "Binding" {
             return Err(ApiError::bad_request(format!(
                 "expected a Binding, got kind {kind:?}"
             )));
@@ -172,7 +173,8 @@ impl Registry {
     /// the Status to send (201). See the module documentation for the rules.
     pub async fn evict_pod(&self, scope: &Scope, name: &str, eviction: Value) -> ApiResult<Value> {
         let kind = eviction.get("kind").and_then(Value::as_str).unwrap_or("");
-        if kind != "Eviction" {
+        // A body without a kind is one, as upstream decodes it with the endpoint's kind.
+        if !kind.is_empty() && kind != "Eviction" {
             return Err(ApiError::bad_request(format!(
                 "expected an Eviction, got kind {kind:?}"
             )));

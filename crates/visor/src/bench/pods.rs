@@ -72,11 +72,7 @@ pub async fn run(args: PodsArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let image = visor_images::testing::build_busybox_image(&image_dir, IMAGE)?;
         let store = visor_images::ImageStore::open(&visor_images::images_dir(&agent_dir))?;
-        store.import(
-            &image.oci_archive,
-            None,
-            &indicatif::ProgressBar::hidden(),
-        )?;
+        store.import(&image.oci_archive, None, &indicatif::ProgressBar::hidden())?;
         Ok(())
     })
     .await??;
@@ -106,7 +102,12 @@ pub async fn run(args: PodsArgs) -> anyhow::Result<()> {
             one.push(started.elapsed());
             pods.delete(&name, &DeleteParams::default()).await?;
         }
-        report.row(Row::new("create → Running, one at a time", "single", one, None));
+        report.row(Row::new(
+            "create → Running, one at a time",
+            "single",
+            one,
+            None,
+        ));
         wait_until_empty(&pods).await?;
         // A burst.
         let started = Instant::now();
@@ -136,7 +137,12 @@ pub async fn run(args: PodsArgs) -> anyhow::Result<()> {
         ));
         if let (Some(idle), Some(pid)) = (idle_rss, agent_pid) {
             let busy = super::procfs::rss_bytes(pid).unwrap_or(idle);
-            report.figure("agent RSS idle", "agent_rss_idle_mib", idle as f64 / 1048576.0, "MiB");
+            report.figure(
+                "agent RSS idle",
+                "agent_rss_idle_mib",
+                idle as f64 / 1048576.0,
+                "MiB",
+            );
             report.figure(
                 format!("agent RSS per running pod ({} pods)", args.burst),
                 "agent_rss_per_pod_mib",
@@ -161,7 +167,9 @@ pub async fn run(args: PodsArgs) -> anyhow::Result<()> {
         }
         report.print(&mut std::io::stdout().lock())?;
     }
-    let _ = namespaces.delete(&namespace, &DeleteParams::default()).await;
+    let _ = namespaces
+        .delete(&namespace, &DeleteParams::default())
+        .await;
     outcome
 }
 
@@ -183,7 +191,9 @@ fn pod(name: &str, node: &str) -> anyhow::Result<Pod> {
 
 /// The first Ready host running real pods.
 async fn pick_host(client: &kube::Client) -> anyhow::Result<Node> {
-    let nodes = Api::<Node>::all(client.clone()).list(&Default::default()).await?;
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&Default::default())
+        .await?;
     nodes
         .items
         .into_iter()
@@ -206,7 +216,12 @@ async fn pick_host(client: &kube::Client) -> anyhow::Result<Node> {
 /// The local process serving the host's endpoint, when the host is this machine.
 fn agent_process(node: &Node) -> Option<u32> {
     let status = node.status.as_ref()?;
-    let port = status.daemon_endpoints.as_ref()?.kubelet_endpoint.as_ref()?.port;
+    let port = status
+        .daemon_endpoints
+        .as_ref()?
+        .kubelet_endpoint
+        .as_ref()?
+        .port;
     let ip = status
         .addresses
         .iter()
@@ -237,7 +252,8 @@ impl RunningWatch {
                 let Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = event else {
                     continue;
                 };
-                let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                let running =
+                    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
                 if running && let Some(name) = pod.metadata.name {
                     s.lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -258,7 +274,12 @@ impl RunningWatch {
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
-            if let Some(at) = self.seen.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            if let Some(at) = self
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name)
+            {
                 return Ok(*at);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -271,7 +292,10 @@ impl RunningWatch {
 async fn wait_until_empty(pods: &Api<Pod>) -> anyhow::Result<()> {
     let deadline = Instant::now() + RUNNING_TIMEOUT;
     while !pods.list(&Default::default()).await?.items.is_empty() {
-        anyhow::ensure!(Instant::now() < deadline, "pods not deleted after {RUNNING_TIMEOUT:?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "pods not deleted after {RUNNING_TIMEOUT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())

@@ -135,6 +135,14 @@ impl TestAgent {
             "--lease-interval".into(),
             "2".into(),
         ];
+        // A test's own network flags replace the generated ones.
+        for flag in ["--pod-cidr", "--bridge"] {
+            if flags.contains(&flag)
+                && let Some(i) = args.iter().position(|a| a == flag)
+            {
+                args.drain(i..i + 2);
+            }
+        }
         args.extend(flags.iter().map(|f| f.to_string()));
         let mut agent = TestAgent {
             child: None,
