@@ -2,7 +2,8 @@
 //! `spec.hard` to `status.hard`, and repairs drift in `status.used` — usage admission charged
 //! for writes that then failed, and usage freed by deletions (admission only ever adds).
 //!
-//! Flow: a namespace is marked for a recount when one of its quotas changes, when a pod,
+//! Flow: a namespace is marked for a recount when one of its quotas' limits change (not on
+//! admission's charges, which only touch `status.used`), when a pod,
 //! claim, service, ConfigMap or Secret in it is deleted, when a pod in it finishes, and for
 //! every namespace with quotas once a minute (which covers `count/…` keys of other kinds).
 //! A recount reads the quota, lists (consistently) every kind its keys count, and computes
@@ -112,7 +113,11 @@ pub async fn run(client: Client) {
             .reflect(writer)
             .applied_objects()
             .try_for_each(move |q| {
-                if let Some(ns) = q.namespace() {
+                // Admission's charges change only `status.used`; a recount is due when the
+                // limits changed or a key is not counted yet, not on every charge.
+                if needs_recount(&q)
+                    && let Some(ns) = q.namespace()
+                {
                     dirty.mark(&ns);
                 }
                 futures::future::ready(Ok(()))
@@ -173,6 +178,19 @@ where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     watcher::watcher(api, watcher::Config::default()).default_backoff()
+}
+
+/// Whether a quota's `status.hard` lags its `spec.hard` or a limited key has no usage yet.
+fn needs_recount(quota: &ResourceQuota) -> bool {
+    let hard = quota
+        .spec
+        .as_ref()
+        .and_then(|s| s.hard.clone())
+        .unwrap_or_default();
+    let status = quota.status.as_ref();
+    let status_hard = status.and_then(|s| s.hard.clone()).unwrap_or_default();
+    let used = status.and_then(|s| s.used.clone()).unwrap_or_default();
+    hard != status_hard || hard.keys().any(|k| !used.contains_key(k))
 }
 
 fn mark_if_quoted(quotas: &Store<ResourceQuota>, dirty: &Dirty, namespace: &str) {

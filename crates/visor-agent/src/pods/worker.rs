@@ -224,7 +224,9 @@ impl Worker {
                 host_network: spec.host_network.unwrap_or(false),
                 labels: BTreeMap::from([(POD_UID_LABEL.to_string(), self.uid.clone())]),
             };
+            let started = Instant::now();
             self.sandbox = Some(runtime.run_sandbox(&config).await?);
+            tracing::debug!(pod = %name_of(pod), elapsed_ms = started.elapsed().as_millis() as u64, "sandbox ready");
         }
         let sandbox = self.sandbox.clone().expect("set above");
         let pod_ip = self.pod_ip(pod);
@@ -384,7 +386,9 @@ impl Worker {
                 return Some(remaining);
             }
         }
+        let started = Instant::now();
         let result = self.start(pod, sandbox, container, init).await;
+        tracing::debug!(pod = %pod_name, container = %container.name, elapsed_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "container started");
         let slot = self.slots.entry(container.name.clone()).or_default();
         match result {
             Ok(status) => {
