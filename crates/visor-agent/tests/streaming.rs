@@ -2,16 +2,15 @@
 //! `exec` over the v5 WebSocket channel protocol, and port-forward over SPDY/3.1 (tunneled in
 //! WebSocket and plain), as kubectl drives them through the API server.
 //!
-//! The runtime here is a TEST DOUBLE: "containers" are host processes started with the
-//! requested argv, and a pod's network is the host's loopback. It exists to exercise the
-//! endpoint's protocols; the real runtimes have their own tests.
+//! The runtime here is a TEST DOUBLE ([`HostProcessRuntime`]): "containers" are host processes
+//! started with the requested argv, and a pod's network is the host's loopback. It exists to
+//! exercise the endpoint's protocols; the real runtimes have their own tests.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
@@ -30,138 +29,15 @@ use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use visor_agent::runtime::*;
+use visor_agent::runtime::TerminalSize;
 use visor_agent::server::spdy::{Codec, FLAG_FIN, Frame};
+use visor_agent::server::testing::HostProcessRuntime;
 use visor_agent::server::{ContainerEntry, PodDirectory, agent_tls_config, serve};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 // ------------------------------------------------------------------------------------------
 // Test doubles
-
-/// TEST DOUBLE runtime: exec runs the argv as a host process; port-forward connects to
-/// 127.0.0.1:PORT. Everything else is outside what the endpoint calls and fails loudly.
-#[derive(Default)]
-struct HostProcessRuntime {
-    resizes: Mutex<Vec<TerminalSize>>,
-}
-
-fn not_for_this_double<T>() -> RuntimeResult<T> {
-    Err(RuntimeError::Failed(
-        "the streaming test runtime only runs exec and port-forward".into(),
-    ))
-}
-
-#[async_trait]
-impl Runtime for HostProcessRuntime {
-    fn name(&self) -> &'static str {
-        "test-host-processes"
-    }
-    fn version(&self) -> String {
-        "0".into()
-    }
-    fn needs_images(&self) -> bool {
-        false
-    }
-    async fn run_sandbox(&self, _: &SandboxConfig) -> RuntimeResult<Sandbox> {
-        not_for_this_double()
-    }
-    async fn stop_sandbox(&self, _: &str) -> RuntimeResult<()> {
-        not_for_this_double()
-    }
-    async fn remove_sandbox(&self, _: &str) -> RuntimeResult<()> {
-        not_for_this_double()
-    }
-    async fn list_sandboxes(&self) -> RuntimeResult<Vec<Sandbox>> {
-        not_for_this_double()
-    }
-    async fn create_container(&self, _: &Sandbox, _: &ContainerConfig) -> RuntimeResult<String> {
-        not_for_this_double()
-    }
-    async fn start_container(&self, _: &str) -> RuntimeResult<()> {
-        not_for_this_double()
-    }
-    async fn stop_container(&self, _: &str, _: Duration) -> RuntimeResult<()> {
-        not_for_this_double()
-    }
-    async fn remove_container(&self, _: &str) -> RuntimeResult<()> {
-        not_for_this_double()
-    }
-    async fn list_containers(&self) -> RuntimeResult<Vec<ContainerStatus>> {
-        not_for_this_double()
-    }
-    async fn container_status(&self, _: &str) -> RuntimeResult<ContainerStatus> {
-        not_for_this_double()
-    }
-    async fn exec_sync(&self, _: &str, _: &[String], _: Duration) -> RuntimeResult<ExecOutput> {
-        not_for_this_double()
-    }
-
-    async fn exec(&self, id: &str, argv: &[String], streams: ExecStreams) -> RuntimeResult<i32> {
-        assert_eq!(
-            id, "ctr-1",
-            "the endpoint passes the container's runtime ID"
-        );
-        let mut child = tokio::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let mut child_stdin = child.stdin.take();
-        let mut child_stdout = child.stdout.take().expect("piped");
-        let mut child_stderr = child.stderr.take().expect("piped");
-        let ExecStreams {
-            stdin,
-            stdout,
-            stderr,
-            resize,
-            ..
-        } = streams;
-        let feeding = async move {
-            if let (Some(mut from), Some(to)) = (stdin, child_stdin.as_mut()) {
-                let _ = tokio::io::copy(&mut from, to).await;
-            }
-            drop(child_stdin);
-        };
-        let copy_out = async move {
-            if let Some(mut to) = stdout {
-                let _ = tokio::io::copy(&mut child_stdout, &mut to).await;
-            }
-        };
-        let copy_err = async move {
-            if let Some(mut to) = stderr {
-                let _ = tokio::io::copy(&mut child_stderr, &mut to).await;
-            }
-        };
-        let resizes = async {
-            if let Some(mut rx) = resize {
-                while let Some(size) = rx.recv().await {
-                    self.resizes.lock().unwrap().push(size);
-                }
-            }
-            std::future::pending::<()>().await
-        };
-        let feeding = tokio::spawn(feeding);
-        let (_, _, status) = tokio::select! {
-            done = async { tokio::join!(copy_out, copy_err, child.wait()) } => done,
-            _ = resizes => unreachable!("never completes"),
-        };
-        feeding.abort();
-        Ok(status?.code().unwrap_or(-1))
-    }
-
-    async fn port_forward(
-        &self,
-        sandbox_id: &str,
-        port: u16,
-    ) -> RuntimeResult<Box<dyn PortStream>> {
-        assert_eq!(sandbox_id, "sandbox-1");
-        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        Ok(Box::new(stream))
-    }
-}
 
 /// TEST DOUBLE directory: one pod `default/web` with a running container `app` and a stopped
 /// one `old`.
@@ -563,6 +439,11 @@ async fn exec_streams_output_and_the_exit_code() {
         .await;
     let seen = drive(&mut ws).await;
     assert_eq!(seen.status.unwrap()["status"], "Success");
+    assert_eq!(
+        *agent.runtime.exec_container_ids.lock().unwrap(),
+        ["ctr-1", "ctr-1"],
+        "the endpoint passes the container's runtime ID"
+    );
     agent.shutdown().await;
 }
 
@@ -772,6 +653,11 @@ async fn port_forward_tunneled_in_websocket() {
     let (error, data) = forward_once(&mut client_io, port, b"GET / HTTP/1.0\r\n\r\n").await;
     assert_eq!(error, "");
     assert_eq!(data, "echo:GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(
+        *agent.runtime.forwarded_sandbox_ids.lock().unwrap(),
+        ["sandbox-1"],
+        "the endpoint passes the pod's sandbox ID"
+    );
     drop(client_io);
     bridge.abort();
     agent.shutdown().await;

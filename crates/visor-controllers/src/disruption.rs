@@ -102,29 +102,43 @@ impl ScaleCache {
             return *r;
         }
         let r = match kind {
-            "ReplicaSet" => Api::<ReplicaSet>::namespaced(client.clone(), ns)
-                .get_opt(name)
-                .await
-                .ok()
-                .flatten()
-                .map(|o| o.spec.and_then(|s| s.replicas).unwrap_or(1)),
-            "StatefulSet" => Api::<StatefulSet>::namespaced(client.clone(), ns)
-                .get_opt(name)
-                .await
-                .ok()
-                .flatten()
-                .map(|o| o.spec.and_then(|s| s.replicas).unwrap_or(1)),
-            "ReplicationController" => Api::<ReplicationController>::namespaced(client.clone(), ns)
-                .get_opt(name)
-                .await
-                .ok()
-                .flatten()
-                .map(|o| o.spec.and_then(|s| s.replicas).unwrap_or(1)),
+            "ReplicaSet" => {
+                wanted_replicas::<ReplicaSet>(client, ns, name, |o| o.spec?.replicas).await
+            }
+            "StatefulSet" => {
+                wanted_replicas::<StatefulSet>(client, ns, name, |o| o.spec?.replicas).await
+            }
+            "ReplicationController" => {
+                wanted_replicas::<ReplicationController>(client, ns, name, |o| o.spec?.replicas)
+                    .await
+            }
             _ => None,
         };
         self.replicas.insert(key, r);
         r
     }
+}
+
+/// The replicas controller `ns/name` of kind `K` wants (1 when its spec leaves it unset, as the
+/// API defaults it); None when it is gone or cannot be read.
+async fn wanted_replicas<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec_replicas: impl FnOnce(K) -> Option<i32>,
+) -> Option<i32>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .map(|o| spec_replicas(o).unwrap_or(1))
 }
 
 /// The figures of a budget's status, from its spec and pods.

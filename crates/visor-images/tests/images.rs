@@ -98,6 +98,36 @@ fn assert_unpacked_test_image(image: &ResolvedImage, variant: &str) {
     assert!(image.size > busybox.len());
 }
 
+/// Resolves `reference` with `policy` and no registry credentials, as a pod without pull
+/// secrets does.
+async fn ensure_anonymous(
+    store: &ImageStore,
+    reference: &str,
+    policy: PullPolicy,
+) -> Result<ResolvedImage, ImageError> {
+    store
+        .ensure(reference, policy, &RegistryAuth::Anonymous)
+        .await
+}
+
+/// Builds the default test image, serves it from a fresh in-process registry as
+/// `repository:tag`, and opens an empty store under `work/images`.
+async fn served_test_image(
+    work: &Path,
+    repository: &str,
+    tag: &str,
+) -> (TestImage, TestRegistry, ImageStore) {
+    let image = build_busybox_image(
+        &work.join("build"),
+        &format!("localhost/{repository}:{tag}"),
+    )
+    .unwrap();
+    let registry = TestRegistry::start().await.unwrap();
+    registry.push_image(repository, tag, &image).unwrap();
+    let store = ImageStore::open(&work.join("images")).unwrap();
+    (image, registry, store)
+}
+
 fn collect_names(dir: &Path, names: &mut Vec<String>) {
     for entry in fs::read_dir(dir).unwrap().flatten() {
         names.push(entry.file_name().to_string_lossy().into_owned());
@@ -369,12 +399,7 @@ async fn pull_by_tag_and_by_digest() {
 
     let store = ImageStore::open(&work.path().join("by-tag")).unwrap();
     let reference = registry.reference("team/busybox:1");
-    let pulled = store
-        .ensure(
-            &reference,
-            PullPolicy::IfNotPresent,
-            &RegistryAuth::Anonymous,
-        )
+    let pulled = ensure_anonymous(&store, &reference, PullPolicy::IfNotPresent)
         .await
         .unwrap();
     assert_eq!(pulled.id, image.id);
@@ -390,25 +415,19 @@ async fn pull_by_tag_and_by_digest() {
     assert_unpacked_test_image(&pulled, "default");
     // The digest reference was recorded too: resolving it needs no network.
     let before = registry.requests();
-    let by_digest = store
-        .ensure(
-            pulled.repo_digest.as_deref().unwrap(),
-            PullPolicy::Never,
-            &RegistryAuth::Anonymous,
-        )
-        .await
-        .unwrap();
+    let by_digest = ensure_anonymous(
+        &store,
+        pulled.repo_digest.as_deref().unwrap(),
+        PullPolicy::Never,
+    )
+    .await
+    .unwrap();
     assert_eq!(by_digest.id, image.id);
     assert_eq!(registry.requests(), before);
 
     let fresh = ImageStore::open(&work.path().join("by-digest")).unwrap();
     let digest_reference = format!("{}/team/busybox@{}", registry.host(), image.manifest_digest);
-    let pulled = fresh
-        .ensure(
-            &digest_reference,
-            PullPolicy::IfNotPresent,
-            &RegistryAuth::Anonymous,
-        )
+    let pulled = ensure_anonymous(&fresh, &digest_reference, PullPolicy::IfNotPresent)
         .await
         .unwrap();
     assert_eq!(pulled.id, image.id);
@@ -427,25 +446,19 @@ async fn pull_picks_linux_amd64_from_a_multi_arch_index() {
     let registry = TestRegistry::start().await.unwrap();
     let index = registry.push_multi_arch("multi", "1", &image).unwrap();
     let store = ImageStore::open(&work.path().join("images")).unwrap();
-    let pulled = store
-        .ensure(
-            &registry.reference("multi:1"),
-            PullPolicy::Always,
-            &RegistryAuth::Anonymous,
-        )
+    let pulled = ensure_anonymous(&store, &registry.reference("multi:1"), PullPolicy::Always)
         .await
         .unwrap();
     assert_eq!(pulled.id, image.id);
     assert_unpacked_test_image(&pulled, "default");
     // By the index digest as well.
-    let by_index = store
-        .ensure(
-            &format!("{}/multi@{index}", registry.host()),
-            PullPolicy::IfNotPresent,
-            &RegistryAuth::Anonymous,
-        )
-        .await
-        .unwrap();
+    let by_index = ensure_anonymous(
+        &store,
+        &format!("{}/multi@{index}", registry.host()),
+        PullPolicy::IfNotPresent,
+    )
+    .await
+    .unwrap();
     assert_eq!(by_index.id, image.id);
 }
 
@@ -454,14 +467,13 @@ async fn missing_image_error_carries_the_registry_message() {
     let work = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start().await.unwrap();
     let store = ImageStore::open(&work.path().join("images")).unwrap();
-    let err = store
-        .ensure(
-            &registry.reference("nope:1"),
-            PullPolicy::IfNotPresent,
-            &RegistryAuth::Anonymous,
-        )
-        .await
-        .unwrap_err();
+    let err = ensure_anonymous(
+        &store,
+        &registry.reference("nope:1"),
+        PullPolicy::IfNotPresent,
+    )
+    .await
+    .unwrap_err();
     match &err {
         ImageError::NotFound { reference, message } => {
             assert_eq!(reference, &registry.reference("nope:1"));
@@ -483,14 +495,13 @@ async fn unreachable_registry_is_a_transient_error() {
         listener.local_addr().unwrap().port()
     };
     let store = ImageStore::open(&work.path().join("images")).unwrap();
-    let err = store
-        .ensure(
-            &format!("127.0.0.1:{port}/gone:1"),
-            PullPolicy::IfNotPresent,
-            &RegistryAuth::Anonymous,
-        )
-        .await
-        .unwrap_err();
+    let err = ensure_anonymous(
+        &store,
+        &format!("127.0.0.1:{port}/gone:1"),
+        PullPolicy::IfNotPresent,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, ImageError::Unavailable { .. }), "{err:?}");
     assert!(err.is_transient());
     assert!(err.to_string().to_lowercase().contains("connect"), "{err}");
@@ -501,23 +512,13 @@ async fn never_policy_with_a_missing_image_is_err_image_never_pull() {
     let work = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start().await.unwrap();
     let store = ImageStore::open(&work.path().join("images")).unwrap();
-    let err = store
-        .ensure(
-            &registry.reference("absent:1"),
-            PullPolicy::Never,
-            &RegistryAuth::Anonymous,
-        )
+    let err = ensure_anonymous(&store, &registry.reference("absent:1"), PullPolicy::Never)
         .await
         .unwrap_err();
     assert!(matches!(err, ImageError::NeverPull { .. }), "{err:?}");
     assert_eq!(err.kubelet_reason(), "ErrImageNeverPull");
     assert_eq!(registry.requests(), 0, "Never must not ask the registry");
-    let invalid = store
-        .ensure(
-            "Not A Name",
-            PullPolicy::IfNotPresent,
-            &RegistryAuth::Anonymous,
-        )
+    let invalid = ensure_anonymous(&store, "Not A Name", PullPolicy::IfNotPresent)
         .await
         .unwrap_err();
     assert_eq!(invalid.kubelet_reason(), "InvalidImageName");
@@ -526,33 +527,19 @@ async fn never_policy_with_a_missing_image_is_err_image_never_pull() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn if_not_present_uses_the_cache_and_always_asks_the_registry() {
     let work = tempfile::tempdir().unwrap();
-    let image = build_busybox_image(&work.path().join("build"), "localhost/cached:1").unwrap();
-    let registry = TestRegistry::start().await.unwrap();
-    registry.push_image("cached", "1", &image).unwrap();
-    let store = ImageStore::open(&work.path().join("images")).unwrap();
+    let (_, registry, store) = served_test_image(work.path(), "cached", "1").await;
     let reference = registry.reference("cached:1");
-    let first = store
-        .ensure(
-            &reference,
-            PullPolicy::IfNotPresent,
-            &RegistryAuth::Anonymous,
-        )
+    let first = ensure_anonymous(&store, &reference, PullPolicy::IfNotPresent)
         .await
         .unwrap();
     let after_pull = registry.requests();
     assert!(after_pull > 0);
 
-    let again = store
-        .ensure(
-            &reference,
-            PullPolicy::IfNotPresent,
-            &RegistryAuth::Anonymous,
-        )
+    let again = ensure_anonymous(&store, &reference, PullPolicy::IfNotPresent)
         .await
         .unwrap();
     assert_eq!(again, first);
-    let never = store
-        .ensure(&reference, PullPolicy::Never, &RegistryAuth::Anonymous)
+    let never = ensure_anonymous(&store, &reference, PullPolicy::Never)
         .await
         .unwrap();
     assert_eq!(never, first);
@@ -564,8 +551,7 @@ async fn if_not_present_uses_the_cache_and_always_asks_the_registry() {
 
     // Always resolves the manifest again but downloads no blob for an unchanged image.
     let base_inode = fs::metadata(&first.layers[0]).unwrap().ino();
-    let always = store
-        .ensure(&reference, PullPolicy::Always, &RegistryAuth::Anonymous)
+    let always = ensure_anonymous(&store, &reference, PullPolicy::Always)
         .await
         .unwrap();
     assert_eq!(always.id, first.id);
@@ -578,18 +564,12 @@ async fn if_not_present_uses_the_cache_and_always_asks_the_registry() {
 
     // With the tag gone upstream, Always fails with the registry's word; IfNotPresent still works.
     registry.delete_tag("cached", "1");
-    let err = store
-        .ensure(&reference, PullPolicy::Always, &RegistryAuth::Anonymous)
+    let err = ensure_anonymous(&store, &reference, PullPolicy::Always)
         .await
         .unwrap_err();
     assert!(matches!(err, ImageError::NotFound { .. }), "{err:?}");
     assert_eq!(
-        store
-            .ensure(
-                &reference,
-                PullPolicy::IfNotPresent,
-                &RegistryAuth::Anonymous
-            )
+        ensure_anonymous(&store, &reference, PullPolicy::IfNotPresent)
             .await
             .unwrap(),
         first
@@ -606,25 +586,23 @@ async fn a_layer_shared_by_two_images_is_downloaded_and_unpacked_once() {
     registry.push_image("shared", "two", &two).unwrap();
     let store = ImageStore::open(&work.path().join("images")).unwrap();
 
-    let first = store
-        .ensure(
-            &registry.reference("shared:one"),
-            PullPolicy::IfNotPresent,
-            &RegistryAuth::Anonymous,
-        )
-        .await
-        .unwrap();
+    let first = ensure_anonymous(
+        &store,
+        &registry.reference("shared:one"),
+        PullPolicy::IfNotPresent,
+    )
+    .await
+    .unwrap();
     let base_inode = fs::metadata(&first.layers[0]).unwrap().ino();
     // Corrupt the shared blob upstream: the second pull must not download it at all.
     registry.corrupt_blob(&one.layer_digests[0]).unwrap();
-    let second = store
-        .ensure(
-            &registry.reference("shared:two"),
-            PullPolicy::IfNotPresent,
-            &RegistryAuth::Anonymous,
-        )
-        .await
-        .unwrap();
+    let second = ensure_anonymous(
+        &store,
+        &registry.reference("shared:two"),
+        PullPolicy::IfNotPresent,
+    )
+    .await
+    .unwrap();
     assert_eq!(first.layers[0], second.layers[0]);
     assert_ne!(first.layers[1], second.layers[1]);
     assert_eq!(
@@ -643,23 +621,14 @@ async fn a_layer_shared_by_two_images_is_downloaded_and_unpacked_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_ensures_of_one_image_are_safe() {
     let work = tempfile::tempdir().unwrap();
-    let image = build_busybox_image(&work.path().join("build"), "localhost/race:1").unwrap();
-    let registry = TestRegistry::start().await.unwrap();
-    registry.push_image("race", "1", &image).unwrap();
-    let store = ImageStore::open(&work.path().join("images")).unwrap();
+    let (_, registry, store) = served_test_image(work.path(), "race", "1").await;
     let reference = registry.reference("race:1");
 
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let (store, reference) = (store.clone(), reference.clone());
             tokio::spawn(async move {
-                store
-                    .ensure(
-                        &reference,
-                        PullPolicy::IfNotPresent,
-                        &RegistryAuth::Anonymous,
-                    )
-                    .await
+                ensure_anonymous(&store, &reference, PullPolicy::IfNotPresent).await
             })
         })
         .collect();
@@ -682,19 +651,15 @@ async fn concurrent_ensures_of_one_image_are_safe() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_blob_from_the_registry_is_refused() {
     let work = tempfile::tempdir().unwrap();
-    let image = build_busybox_image(&work.path().join("build"), "localhost/bad:1").unwrap();
-    let registry = TestRegistry::start().await.unwrap();
-    registry.push_image("bad", "1", &image).unwrap();
+    let (image, registry, store) = served_test_image(work.path(), "bad", "1").await;
     registry.corrupt_blob(&image.layer_digests[1]).unwrap();
-    let store = ImageStore::open(&work.path().join("images")).unwrap();
-    let err = store
-        .ensure(
-            &registry.reference("bad:1"),
-            PullPolicy::IfNotPresent,
-            &RegistryAuth::Anonymous,
-        )
-        .await
-        .unwrap_err();
+    let err = ensure_anonymous(
+        &store,
+        &registry.reference("bad:1"),
+        PullPolicy::IfNotPresent,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err:?}");
     assert!(store.images().unwrap().is_empty(), "nothing recorded");
     assert!(
@@ -706,14 +671,13 @@ async fn a_corrupted_blob_from_the_registry_is_refused() {
     );
 
     registry.corrupt_blob(&image.config_digest).unwrap();
-    let err = store
-        .ensure(
-            &registry.reference("bad:1"),
-            PullPolicy::IfNotPresent,
-            &RegistryAuth::Anonymous,
-        )
-        .await
-        .unwrap_err();
+    let err = ensure_anonymous(
+        &store,
+        &registry.reference("bad:1"),
+        PullPolicy::IfNotPresent,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err:?}");
 }
 
@@ -728,12 +692,7 @@ async fn bearer_token_auth() {
     let store = ImageStore::open(&work.path().join("images")).unwrap();
     let reference = registry.reference("private:1");
 
-    let err = store
-        .ensure(
-            &reference,
-            PullPolicy::IfNotPresent,
-            &RegistryAuth::Anonymous,
-        )
+    let err = ensure_anonymous(&store, &reference, PullPolicy::IfNotPresent)
         .await
         .unwrap_err();
     assert!(matches!(err, ImageError::Unauthorized { .. }), "{err:?}");
@@ -774,14 +733,13 @@ async fn pull_from_a_localhost_registry_named_as_insecure() {
         },
     )
     .unwrap();
-    let pulled = store
-        .ensure(
-            &format!("localhost:{port}/opt:1"),
-            PullPolicy::IfNotPresent,
-            &RegistryAuth::Anonymous,
-        )
-        .await
-        .unwrap();
+    let pulled = ensure_anonymous(
+        &store,
+        &format!("localhost:{port}/opt:1"),
+        PullPolicy::IfNotPresent,
+    )
+    .await
+    .unwrap();
     assert_eq!(pulled.id, image.id);
 }
 

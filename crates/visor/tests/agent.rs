@@ -31,6 +31,17 @@ fn wait_phase(server: &TestServer, agent: &TestAgent, pod: &str, want: &str) -> 
     server.json(&["get", "pod", pod])
 }
 
+/// Waits until the default namespace has no pods left.
+fn wait_no_pods(server: &TestServer) {
+    eventually("every pod gone", READY, || {
+        server
+            .ok(&["get", "pods", "-o", "name"])
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+}
+
 fn container_state(server: &TestServer, pod: &str) -> Value {
     let pod = server.json(&["get", "pod", pod]);
     pod["status"]["containerStatuses"][0].clone()
@@ -130,13 +141,19 @@ fn a_pod_runs_on_visor_up_and_its_output_is_in_kubectl_logs() {
             .then_some(())
     });
     import_test_image(&agent_dir, IMAGE);
+    server.ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=GREETING=salut",
+    ]);
     server.ok_stdin(
         &["apply", "-f", "-"],
         &pod_yaml(
             "hello",
             &node,
             &format!(
-                "  restartPolicy: Never\n  containers:\n  - name: app\n    image: {IMAGE}\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"echo hello from $(POD_NAME); echo to stderr >&2\"]\n    env:\n    - name: POD_NAME\n      valueFrom:\n        fieldRef:\n          fieldPath: metadata.name\n"
+                "  restartPolicy: Never\n  containers:\n  - name: app\n    image: {IMAGE}\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"echo hello from $(POD_NAME); echo greeting=$GREETING; cat /config/motd; echo; head -c 3 /tokens/api; echo; echo to stderr >&2\"]\n    env:\n    - name: POD_NAME\n      valueFrom:\n        fieldRef:\n          fieldPath: metadata.name\n    envFrom:\n    - configMapRef:\n        name: settings\n    volumeMounts:\n    - name: config\n      mountPath: /config\n    - name: tokens\n      mountPath: /tokens\n  volumes:\n  - name: config\n    configMap:\n      name: settings\n      items:\n      - key: GREETING\n        path: motd\n  - name: tokens\n    projected:\n      sources:\n      - serviceAccountToken:\n          path: api\n          expirationSeconds: 3600\n"
             ),
         ),
     );
@@ -149,7 +166,36 @@ fn a_pod_runs_on_visor_up_and_its_output_is_in_kubectl_logs() {
     let logs = server.ok(&["logs", "hello"]);
     assert!(logs.contains("hello from hello"), "{logs}");
     assert!(logs.contains("to stderr"), "{logs}");
+    // envFrom, a configMap volume and a projected service account token (a JWT).
+    assert!(logs.contains("greeting=salut"), "{logs}");
+    assert!(logs.lines().any(|l| l == "salut"), "{logs}");
+    assert!(logs.lines().any(|l| l == "eyJ"), "{logs}");
     server.ok(&["delete", "pod", "hello", "--wait=true", "--timeout=30s"]);
+
+    // Without a nodeName the scheduler places the pod on the host.
+    server.ok(&[
+        "run",
+        "placed",
+        &format!("--image={IMAGE}"),
+        "--image-pull-policy=Never",
+        "--restart=Never",
+        "--",
+        "echo",
+        "placed by the scheduler",
+    ]);
+    eventually("pod placed Succeeded", READY, || {
+        (phase(&server, "placed") == "Succeeded").then_some(())
+    });
+    assert_eq!(
+        server.ok(&["get", "pod", "placed", "-o", "jsonpath={.spec.nodeName}"]),
+        node
+    );
+    assert!(
+        server
+            .ok(&["logs", "placed"])
+            .contains("placed by the scheduler")
+    );
+    server.ok(&["delete", "pod", "placed", "--wait=true", "--timeout=30s"]);
 }
 
 /// Removes what a `visor up` host left when the test ends (the server is killed, pods stay).
@@ -270,13 +316,7 @@ fn containers_are_limited_restarted_probed_and_report_why() {
     for pod in ["hog", "crasher", "talker", "probed", "missing"] {
         server.ok(&["delete", "pod", pod, "--wait=false"]);
     }
-    eventually("all pods gone", READY, || {
-        server
-            .ok(&["get", "pods", "-o", "name"])
-            .trim()
-            .is_empty()
-            .then_some(())
-    });
+    wait_no_pods(&server);
 }
 
 #[test]
@@ -341,13 +381,7 @@ fn pods_reach_each_other_and_survive_an_agent_restart() {
 
     server.ok(&["delete", "deployment", "web"]);
     server.ok(&["delete", "pod", "client"]);
-    eventually("pods gone", READY, || {
-        server
-            .ok(&["get", "pods", "-o", "name"])
-            .trim()
-            .is_empty()
-            .then_some(())
-    });
+    wait_no_pods(&server);
 }
 
 #[test]

@@ -15,109 +15,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use common::{Backend, TestServer};
-use visor_agent::runtime::*;
+use visor_agent::server::testing::HostProcessRuntime;
 use visor_agent::server::{ContainerEntry, PodDirectory, agent_tls_config, serve};
-
-/// TEST DOUBLE: exec runs the argv on the host; port-forward dials 127.0.0.1:PORT.
-struct HostProcesses;
-
-fn outside_this_double<T>() -> RuntimeResult<T> {
-    Err(RuntimeError::Failed(
-        "the streaming test runtime only runs exec and port-forward".into(),
-    ))
-}
-
-#[async_trait]
-impl Runtime for HostProcesses {
-    fn name(&self) -> &'static str {
-        "test-host-processes"
-    }
-    fn version(&self) -> String {
-        "0".into()
-    }
-    fn needs_images(&self) -> bool {
-        false
-    }
-    async fn run_sandbox(&self, _: &SandboxConfig) -> RuntimeResult<Sandbox> {
-        outside_this_double()
-    }
-    async fn stop_sandbox(&self, _: &str) -> RuntimeResult<()> {
-        outside_this_double()
-    }
-    async fn remove_sandbox(&self, _: &str) -> RuntimeResult<()> {
-        outside_this_double()
-    }
-    async fn list_sandboxes(&self) -> RuntimeResult<Vec<Sandbox>> {
-        outside_this_double()
-    }
-    async fn create_container(&self, _: &Sandbox, _: &ContainerConfig) -> RuntimeResult<String> {
-        outside_this_double()
-    }
-    async fn start_container(&self, _: &str) -> RuntimeResult<()> {
-        outside_this_double()
-    }
-    async fn stop_container(&self, _: &str, _: Duration) -> RuntimeResult<()> {
-        outside_this_double()
-    }
-    async fn remove_container(&self, _: &str) -> RuntimeResult<()> {
-        outside_this_double()
-    }
-    async fn list_containers(&self) -> RuntimeResult<Vec<ContainerStatus>> {
-        outside_this_double()
-    }
-    async fn container_status(&self, _: &str) -> RuntimeResult<ContainerStatus> {
-        outside_this_double()
-    }
-    async fn exec_sync(&self, _: &str, _: &[String], _: Duration) -> RuntimeResult<ExecOutput> {
-        outside_this_double()
-    }
-
-    async fn exec(&self, _id: &str, argv: &[String], streams: ExecStreams) -> RuntimeResult<i32> {
-        let mut child = tokio::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let mut child_stdin = child.stdin.take();
-        let mut child_stdout = child.stdout.take().expect("piped");
-        let mut child_stderr = child.stderr.take().expect("piped");
-        let ExecStreams {
-            stdin,
-            stdout,
-            stderr,
-            ..
-        } = streams;
-        let feeding = tokio::spawn(async move {
-            if let (Some(mut from), Some(to)) = (stdin, child_stdin.as_mut()) {
-                let _ = tokio::io::copy(&mut from, to).await;
-            }
-            drop(child_stdin);
-        });
-        let copy_out = async move {
-            if let Some(mut to) = stdout {
-                let _ = tokio::io::copy(&mut child_stdout, &mut to).await;
-            }
-        };
-        let copy_err = async move {
-            if let Some(mut to) = stderr {
-                let _ = tokio::io::copy(&mut child_stderr, &mut to).await;
-            }
-        };
-        let (_, _, status) = tokio::join!(copy_out, copy_err, child.wait());
-        feeding.abort();
-        Ok(status?.code().unwrap_or(-1))
-    }
-
-    async fn port_forward(&self, _: &str, port: u16) -> RuntimeResult<Box<dyn PortStream>> {
-        Ok(Box::new(
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await?,
-        ))
-    }
-}
 
 /// TEST DOUBLE: pod `default/web` with one running container `app`.
 struct WebPod {
@@ -186,7 +86,7 @@ fn kubectl_logs_exec_and_port_forward_reach_the_agent() {
     let agent = runtime.spawn(serve(
         listener,
         tls,
-        Arc::new(HostProcesses),
+        Arc::new(HostProcessRuntime::default()),
         Arc::new(WebPod { log: log.clone() }),
         async move {
             let _ = stopped.await;

@@ -104,21 +104,7 @@ async fn until_success(
     container: &Container,
     target: &ProbeTarget,
 ) -> Result<(), String> {
-    let (delay, period, timeout, _, failures_allowed) = timing(probe);
-    tokio::time::sleep(delay).await;
-    let mut failures = 0;
-    loop {
-        match check(probe, container, target, timeout).await {
-            Ok(()) => return Ok(()),
-            Err(message) => {
-                failures += 1;
-                if failures >= failures_allowed {
-                    return Err(message);
-                }
-            }
-        }
-        tokio::time::sleep(period).await;
-    }
+    until_failed(probe, container, target, true).await
 }
 
 /// Probes forever; returns once failures reach the threshold in a row.
@@ -127,11 +113,23 @@ async fn watch_failures(
     container: &Container,
     target: &ProbeTarget,
 ) -> Result<(), String> {
+    until_failed(probe, container, target, false).await
+}
+
+/// Probes until `failureThreshold` failures in a row (an error) or, with `stop_on_success`,
+/// the first success (`Ok`); a success resets the failure count.
+async fn until_failed(
+    probe: &Probe,
+    container: &Container,
+    target: &ProbeTarget,
+    stop_on_success: bool,
+) -> Result<(), String> {
     let (delay, period, timeout, _, failures_allowed) = timing(probe);
     tokio::time::sleep(delay).await;
     let mut failures = 0;
     loop {
         match check(probe, container, target, timeout).await {
+            Ok(()) if stop_on_success => return Ok(()),
             Ok(()) => failures = 0,
             Err(message) => {
                 failures += 1;

@@ -125,17 +125,21 @@ pub fn phase(
     "Pending"
 }
 
-/// The QoS class upstream derives from requests and limits.
-pub fn qos_class(pod: &Pod) -> &'static str {
-    let containers: Vec<_> = pod
-        .spec
+/// The pod's app containers, then its init containers.
+pub fn all_containers(pod: &Pod) -> Vec<&k8s_openapi::api::core::v1::Container> {
+    pod.spec
         .iter()
         .flat_map(|s| {
             s.containers
                 .iter()
                 .chain(s.init_containers.iter().flatten())
         })
-        .collect();
+        .collect()
+}
+
+/// The QoS class upstream derives from requests and limits.
+pub fn qos_class(pod: &Pod) -> &'static str {
+    let containers = all_containers(pod);
     let mut any = false;
     let mut guaranteed = true;
     for c in &containers {

@@ -425,14 +425,14 @@ impl Worker {
         let runtime = self.shared.runtime.clone();
         let image_name = container.image.clone().unwrap_or_default();
         let image = if runtime.needs_images() {
+            // The API server defaults the policy; a pod stored without one gets upstream's.
             let policy = container.image_pull_policy.clone().unwrap_or_else(|| {
-                if image_name.ends_with(":latest")
-                    || !image_name.rsplit('/').next().unwrap_or("").contains(':')
-                {
-                    "Always".into()
-                } else {
-                    "IfNotPresent".into()
+                match visor_images::PullPolicy::default_for(&image_name) {
+                    visor_images::PullPolicy::Always => "Always",
+                    visor_images::PullPolicy::IfNotPresent => "IfNotPresent",
+                    visor_images::PullPolicy::Never => "Never",
                 }
+                .to_string()
             });
             let pull_secrets = self.pull_secrets(pod).await;
             match self
@@ -681,15 +681,9 @@ impl Worker {
 
     /// Makes the pod's containers findable for logs, exec and port-forward.
     fn publish(&self, pod: &Pod) {
-        let containers: Vec<String> = pod
-            .spec
-            .iter()
-            .flat_map(|s| {
-                s.containers
-                    .iter()
-                    .chain(s.init_containers.iter().flatten())
-                    .map(|c| c.name.clone())
-            })
+        let containers: Vec<String> = status::all_containers(pod)
+            .into_iter()
+            .map(|c| c.name.clone())
             .collect();
         let mut entries = HashMap::new();
         for name in &containers {

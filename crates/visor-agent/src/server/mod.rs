@@ -12,6 +12,8 @@ pub mod exec;
 pub mod logs;
 pub mod portforward;
 pub mod spdy;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -10,8 +10,8 @@
 //!
 //! Reported per workload: pods placed per second. Checked: no host is ever over-committed,
 //! every pod is placed, and for `basic` the busiest host is at most 10 % above the idlest.
-//! The API is not involved: this measures placement itself (the end-to-end figure, with
-//! simulated agents, is a separate benchmark).
+//! The API is not involved: this measures placement itself. With `--end-to-end` the bench
+//! instead goes through the API with simulated hosts ([`end_to_end`]).
 
 use std::time::Instant;
 
@@ -25,6 +25,8 @@ use visor_scheduler::{Cluster, HostInfo, Resources, Workload};
 
 use super::report::Metric;
 
+mod end_to_end;
+
 #[derive(Debug, Args)]
 pub struct SchedulerArgs {
     /// Simulated hosts.
@@ -36,6 +38,14 @@ pub struct SchedulerArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Measure through the API instead: pods created → all Running → all deleted, on simulated
+    /// hosts. Without --kubeconfig the bench starts a server and three simulated zones itself.
+    #[arg(long)]
+    pub end_to_end: bool,
+    /// With --end-to-end: a running server whose cluster already has at least --hosts Ready
+    /// (simulated) hosts, instead of a cluster of the bench's own.
+    #[arg(long, requires = "end_to_end")]
+    pub kubeconfig: Option<std::path::PathBuf>,
 }
 
 const ZONES: usize = 3;
@@ -180,6 +190,15 @@ fn target(kind: &str) -> Option<f64> {
 pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
     if args.hosts == 0 || args.pods == 0 {
         bail!("--hosts and --pods must be at least 1");
+    }
+    if args.end_to_end {
+        return end_to_end::run(end_to_end::EndToEndOptions {
+            kubeconfig: args.kubeconfig,
+            hosts: args.hosts,
+            pods: args.pods,
+            json: args.json,
+        })
+        .await;
     }
     let (hosts, pods) = (args.hosts, args.pods);
     let kinds = ["basic", "node-affinity", "pod-anti-affinity", "zone-spread"];
