@@ -173,6 +173,19 @@ struct Index {
     layers: BTreeMap<Digest, LayerRecord>,
 }
 
+impl Index {
+    /// The unpacked size of an image: the sum of its layers' sizes (a layer the index does not
+    /// know counts nothing).
+    fn unpacked_size(&self, image: &ImageRecord) -> u64 {
+        image
+            .layers
+            .iter()
+            .filter_map(|d| self.layers.get(d))
+            .map(|l| l.size)
+            .sum()
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct ImageRecord {
     /// Manifests known to describe this image (their blobs are kept).
@@ -293,12 +306,7 @@ impl ImageStore {
             env: run.env.unwrap_or_default(),
             working_dir: run.working_dir.filter(|w| !w.is_empty()),
             user: run.user.filter(|u| !u.is_empty()),
-            size: record
-                .layers
-                .iter()
-                .filter_map(|d| index.layers.get(d))
-                .map(|l| l.size)
-                .sum(),
+            size: index.unpacked_size(record),
         }))
     }
 
@@ -325,12 +333,7 @@ impl ImageStore {
                     id: id.clone(),
                     references,
                     repo_digests,
-                    size: record
-                        .layers
-                        .iter()
-                        .filter_map(|d| index.layers.get(d))
-                        .map(|l| l.size)
-                        .sum(),
+                    size: index.unpacked_size(record),
                 }
             })
             .collect();

@@ -606,6 +606,32 @@ impl Drop for TestRegistry {
     }
 }
 
+/// A 200 carrying `bytes` (headers only for HEAD), with the digest header registries send for
+/// manifests when `digest` is given.
+fn content_response(
+    method: &Method,
+    media_type: &str,
+    bytes: Vec<u8>,
+    digest: Option<&Digest>,
+) -> Response {
+    let length = bytes.len();
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(bytes)
+    };
+    let mut response = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, media_type)
+        .header(header::CONTENT_LENGTH, length);
+    if let Some(digest) = digest {
+        response = response.header("Docker-Content-Digest", digest.as_str());
+    }
+    response
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
 fn oci_error(status: StatusCode, code: &str, message: &str, detail: serde_json::Value) -> Response {
     (
         status,
@@ -692,18 +718,7 @@ async fn handle(
                 json!({ "Name": repository, "Revision": reference }),
             );
         };
-        let body = if method == Method::HEAD {
-            Body::empty()
-        } else {
-            Body::from(bytes.clone())
-        };
-        return Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, media_type)
-            .header(header::CONTENT_LENGTH, bytes.len())
-            .header("Docker-Content-Digest", digest.as_str())
-            .body(body)
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        return content_response(&method, &media_type, bytes, Some(&digest));
     }
     if let Some(at) = rest.rfind("/blobs/") {
         let reference = &rest[at + "/blobs/".len()..];
@@ -723,17 +738,7 @@ async fn handle(
                 json!(reference),
             );
         };
-        let body = if method == Method::HEAD {
-            Body::empty()
-        } else {
-            Body::from(bytes.clone())
-        };
-        return Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "application/octet-stream")
-            .header(header::CONTENT_LENGTH, bytes.len())
-            .body(body)
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        return content_response(&method, "application/octet-stream", bytes, None);
     }
     oci_error(StatusCode::NOT_FOUND, "NOT_FOUND", "not found", json!(path))
 }

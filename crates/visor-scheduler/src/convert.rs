@@ -3,6 +3,7 @@
 
 use k8s_openapi::api::core::v1::{
     Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodAffinityTerm, PodSpec,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
@@ -225,33 +226,26 @@ pub fn pod_workload(pod: &Pod, namespaces_matching: &dyn Fn(&Selector) -> Vec<St
                 .map(|p| (p.weight, node_term(&p.preference)))
                 .collect();
         }
-        if let Some(pa) = &affinity.pod_affinity {
-            w.affinity = pa
-                .required_during_scheduling_ignored_during_execution
-                .iter()
-                .flatten()
-                .map(affinity_term)
-                .collect();
-            w.preferred_affinity = pa
-                .preferred_during_scheduling_ignored_during_execution
+        // Affinity and anti-affinity carry the same two lists of terms.
+        let required = |terms: &Option<Vec<PodAffinityTerm>>| -> Vec<AffinityTerm> {
+            terms.iter().flatten().map(affinity_term).collect()
+        };
+        let preferred = |terms: &Option<Vec<WeightedPodAffinityTerm>>| -> Vec<(i32, AffinityTerm)> {
+            terms
                 .iter()
                 .flatten()
                 .map(|p| (p.weight, affinity_term(&p.pod_affinity_term)))
-                .collect();
+                .collect()
+        };
+        if let Some(pa) = &affinity.pod_affinity {
+            w.affinity = required(&pa.required_during_scheduling_ignored_during_execution);
+            w.preferred_affinity =
+                preferred(&pa.preferred_during_scheduling_ignored_during_execution);
         }
         if let Some(anti) = &affinity.pod_anti_affinity {
-            w.anti_affinity = anti
-                .required_during_scheduling_ignored_during_execution
-                .iter()
-                .flatten()
-                .map(affinity_term)
-                .collect();
-            w.preferred_anti_affinity = anti
-                .preferred_during_scheduling_ignored_during_execution
-                .iter()
-                .flatten()
-                .map(|p| (p.weight, affinity_term(&p.pod_affinity_term)))
-                .collect();
+            w.anti_affinity = required(&anti.required_during_scheduling_ignored_during_execution);
+            w.preferred_anti_affinity =
+                preferred(&anti.preferred_during_scheduling_ignored_during_execution);
         }
     }
     w.spread = spec

@@ -558,3 +558,59 @@ fn a_pool_of_simulated_hosts_shares_one_identity_and_one_watch() {
     ips.dedup();
     assert_eq!(ips.len(), 40, "pod IPs are unique");
 }
+
+#[test]
+fn images_are_pulled_from_a_registry_and_a_missing_one_backs_off_with_its_message() {
+    // A registry on loopback, serving the busybox test image.
+    let registry_runtime = tokio::runtime::Runtime::new().unwrap();
+    let registry = registry_runtime
+        .block_on(visor_images::testing::TestRegistry::start())
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let image = visor_images::testing::build_busybox_image(work.path(), IMAGE).unwrap();
+    registry.push_image("team/busybox", "2.0", &image).unwrap();
+
+    let server = TestServer::start(Backend::Sqlite);
+    let mut agent = TestAgent::start(&server, "host-e", &[]);
+    agent.wait_ready(&server, READY);
+    let pulled = registry.reference("team/busybox:2.0");
+    let missing = registry.reference("team/nothing:1.0");
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &pod_yaml(
+            "pulled",
+            "host-e",
+            &format!(
+                "  restartPolicy: Never\n  containers:\n  - name: app\n    image: {pulled}\n    command: [\"echo\", \"pulled and ran\"]\n"
+            ),
+        ),
+    );
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &pod_yaml(
+            "missing",
+            "host-e",
+            &format!("  containers:\n  - name: app\n    image: {missing}\n"),
+        ),
+    );
+    let pod = eventually("pulled Succeeded", READY, || {
+        (phase(&server, "pulled") == "Succeeded").then(|| server.json(&["get", "pod", "pulled"]))
+    });
+    assert!(server.ok(&["logs", "pulled"]).contains("pulled and ran"));
+    let image_id = pod["status"]["containerStatuses"][0]["imageID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(image_id.contains("sha256:"), "{image_id}");
+    let waiting = eventually("missing in ImagePullBackOff", READY, || {
+        let waiting = container_state(&server, "missing")["state"]["waiting"].clone();
+        (waiting["reason"] == "ImagePullBackOff").then_some(waiting)
+    });
+    let message = waiting["message"].as_str().unwrap_or_default();
+    assert!(
+        message.to_lowercase().contains("manifest unknown"),
+        "the registry's own message: {message}"
+    );
+    server.ok(&["delete", "pods", "--all", "--wait=true", "--timeout=60s"]);
+    drop(registry);
+}

@@ -79,8 +79,14 @@ fn supervisor_namespace_enforces_its_limits() {
 
     // The namespace, labelled back and annotated with what it may use.
     let ns = server.json(&["get", "namespace", "team-a"]);
-    assert_eq!(ns["metadata"]["labels"]["visor.dev/supervisor-namespace"], "team-a");
-    assert_eq!(ns["metadata"]["annotations"]["visor.dev/allowed-zones"], "zone-a,zone-b");
+    assert_eq!(
+        ns["metadata"]["labels"]["visor.dev/supervisor-namespace"],
+        "team-a"
+    );
+    assert_eq!(
+        ns["metadata"]["annotations"]["visor.dev/allowed-zones"],
+        "zone-a,zone-b"
+    );
     assert_eq!(
         ns["metadata"]["annotations"]["visor.dev/allowed-storage-classes"],
         "gold,silver"
@@ -94,18 +100,40 @@ fn supervisor_namespace_enforces_its_limits() {
     assert_eq!(quota["status"]["used"]["pods"], "0");
     let range = server.json(&["get", "limitrange", "visor-defaults", "-n", "team-a"]);
     assert_eq!(range["spec"]["limits"][0]["default"]["cpu"], "250m");
-    let bindings = server.ok(&["get", "rolebindings", "-n", "team-a", "-o", "custom-columns=ROLE:.roleRef.name,SUBJECT:.subjects[0].name"]);
-    assert!(bindings.contains("edit") && bindings.contains("alice"), "{bindings}");
-    assert!(bindings.contains("view") && bindings.contains("auditors"), "{bindings}");
+    let bindings = server.ok(&[
+        "get",
+        "rolebindings",
+        "-n",
+        "team-a",
+        "-o",
+        "custom-columns=ROLE:.roleRef.name,SUBJECT:.subjects[0].name",
+    ]);
+    assert!(
+        bindings.contains("edit") && bindings.contains("alice"),
+        "{bindings}"
+    );
+    assert!(
+        bindings.contains("view") && bindings.contains("auditors"),
+        "{bindings}"
+    );
 
     // A pod without resources gets the defaults and is charged.
     server.ok_stdin(&["create", "-n", "team-a", "-f", "-"], &pod("small", None));
     let small = server.json(&["get", "pod", "small", "-n", "team-a"]);
-    assert_eq!(small["spec"]["containers"][0]["resources"]["limits"]["cpu"], "250m");
-    assert_eq!(small["spec"]["containers"][0]["resources"]["requests"]["memory"], "64Mi");
+    assert_eq!(
+        small["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+        "250m"
+    );
+    assert_eq!(
+        small["spec"]["containers"][0]["resources"]["requests"]["memory"],
+        "64Mi"
+    );
 
     // A pod over the CPU limit: upstream's message.
-    let err = server.fails_stdin(&["create", "-n", "team-a", "-f", "-"], &pod("big", Some("3")));
+    let err = server.fails_stdin(
+        &["create", "-n", "team-a", "-f", "-"],
+        &pod("big", Some("3")),
+    );
     assert!(
         err.contains(r#"pods "big" is forbidden: exceeded quota: visor-limits, requested: limits.cpu=3, used: limits.cpu=250m, limited: limits.cpu=2"#),
         "{err}"
@@ -119,14 +147,26 @@ fn supervisor_namespace_enforces_its_limits() {
                           "resources": {{"requests": {{"storage": "{size}"}}}}}}}}"#
         )
     };
-    server.ok_stdin(&["create", "-n", "team-a", "-f", "-"], &claim("data", "gold", "4Gi"));
-    let err = server.fails_stdin(&["create", "-n", "team-a", "-f", "-"], &claim("more", "gold", "2Gi"));
+    server.ok_stdin(
+        &["create", "-n", "team-a", "-f", "-"],
+        &claim("data", "gold", "4Gi"),
+    );
+    let err = server.fails_stdin(
+        &["create", "-n", "team-a", "-f", "-"],
+        &claim("more", "gold", "2Gi"),
+    );
     assert!(
         err.contains(r#"persistentvolumeclaims "more" is forbidden: exceeded quota: visor-limits, requested: gold.storageclass.storage.k8s.io/requests.storage=2Gi, used: gold.storageclass.storage.k8s.io/requests.storage=4Gi, limited: gold.storageclass.storage.k8s.io/requests.storage=5Gi"#),
         "{err}"
     );
-    let err = server.fails_stdin(&["create", "-n", "team-a", "-f", "-"], &claim("cheap", "bronze", "1Gi"));
-    assert!(err.contains(r#"storage class "bronze" is not allowed"#), "{err}");
+    let err = server.fails_stdin(
+        &["create", "-n", "team-a", "-f", "-"],
+        &claim("cheap", "bronze", "1Gi"),
+    );
+    assert!(
+        err.contains(r#"storage class "bronze" is not allowed"#),
+        "{err}"
+    );
 
     // Usage in kubectl get (the columns) and describe.
     eventually("usage in the status", Duration::from_secs(20), || {
@@ -134,7 +174,10 @@ fn supervisor_namespace_enforces_its_limits() {
         (out.contains("250m/2") && out.contains("1/8")).then_some(out)
     });
     let described = server.ok(&["describe", "resourcequota", "visor-limits", "-n", "team-a"]);
-    assert!(described.contains("limits.cpu") && described.contains("250m"), "{described}");
+    assert!(
+        described.contains("limits.cpu") && described.contains("250m"),
+        "{described}"
+    );
     let described = server.ok(&["describe", "supervisornamespace", "team-a"]);
     assert!(described.contains("limits.cpu"), "{described}");
 
@@ -158,25 +201,62 @@ fn supervisor_namespace_enforces_its_limits() {
     let refused: Vec<_> = results.iter().filter(|(s, _)| s.as_u16() == 403).collect();
     assert_eq!(created, 7, "{results:?}");
     assert_eq!(refused.len(), 43, "{results:?}");
-    assert!(refused.iter().all(|(_, body)| body.contains("exceeded quota: visor-limits")));
+    assert!(
+        refused
+            .iter()
+            .all(|(_, body)| body.contains("exceeded quota: visor-limits"))
+    );
     let pods = server.ok(&["get", "pods", "-n", "team-a", "--no-headers"]);
     assert_eq!(pods.lines().count(), 8);
 
     // Editing a limit takes effect; deleting pods releases their usage after the recount.
-    server.ok(&["patch", "supervisornamespace", "team-a", "--type=merge", "-p", r#"{"spec":{"counts":{"pods":9}}}"#]);
+    server.ok(&[
+        "patch",
+        "supervisornamespace",
+        "team-a",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"counts":{"pods":9}}}"#,
+    ]);
     eventually("the new pod limit", Duration::from_secs(20), || {
         let q = server.json(&["get", "resourcequota", "visor-limits", "-n", "team-a"]);
         (q["spec"]["hard"]["pods"] == "9").then_some(())
     });
-    server.ok_stdin(&["create", "-n", "team-a", "-f", "-"], &pod("ninth", Some("10m")));
-    let err = server.fails_stdin(&["create", "-n", "team-a", "-f", "-"], &pod("tenth", Some("10m")));
-    assert!(err.contains("exceeded quota: visor-limits, requested: pods=1, used: pods=9, limited: pods=9"), "{err}");
-    server.ok(&["delete", "pod", "ninth", "small", "-n", "team-a", "--grace-period=0"]);
-    eventually("usage released by the recount", Duration::from_secs(30), || {
-        let q = server.json(&["get", "resourcequota", "visor-limits", "-n", "team-a"]);
-        (q["status"]["used"]["pods"] == "7").then_some(())
-    });
-    server.ok_stdin(&["create", "-n", "team-a", "-f", "-"], &pod("tenth", Some("10m")));
+    server.ok_stdin(
+        &["create", "-n", "team-a", "-f", "-"],
+        &pod("ninth", Some("10m")),
+    );
+    let err = server.fails_stdin(
+        &["create", "-n", "team-a", "-f", "-"],
+        &pod("tenth", Some("10m")),
+    );
+    assert!(
+        err.contains(
+            "exceeded quota: visor-limits, requested: pods=1, used: pods=9, limited: pods=9"
+        ),
+        "{err}"
+    );
+    server.ok(&[
+        "delete",
+        "pod",
+        "ninth",
+        "small",
+        "-n",
+        "team-a",
+        "--grace-period=0",
+    ]);
+    eventually(
+        "usage released by the recount",
+        Duration::from_secs(30),
+        || {
+            let q = server.json(&["get", "resourcequota", "visor-limits", "-n", "team-a"]);
+            (q["status"]["used"]["pods"] == "7").then_some(())
+        },
+    );
+    server.ok_stdin(
+        &["create", "-n", "team-a", "-f", "-"],
+        &pod("tenth", Some("10m")),
+    );
 
     // Deleting the object removes the namespace and everything in it.
     server.ok(&["delete", "supervisornamespace", "team-a", "--wait=false"]);
@@ -184,10 +264,14 @@ fn supervisor_namespace_enforces_its_limits() {
         let out = server.kubectl(&["get", "namespace", "team-a"]);
         (!out.status.success()).then_some(())
     });
-    eventually("supervisornamespace team-a gone", Duration::from_secs(30), || {
-        let out = server.kubectl(&["get", "supervisornamespace", "team-a"]);
-        (!out.status.success()).then_some(())
-    });
+    eventually(
+        "supervisornamespace team-a gone",
+        Duration::from_secs(30),
+        || {
+            let out = server.kubectl(&["get", "supervisornamespace", "team-a"]);
+            (!out.status.success()).then_some(())
+        },
+    );
 }
 
 #[test]
@@ -226,7 +310,10 @@ fn invalid_configurations_are_422_with_a_field_path() {
         let message = answer["message"].as_str().unwrap_or_default();
         assert!(message.contains(expected), "{spec}: {text}");
         let err = server.fails_stdin(&["create", "--validate=false", "-f", "-"], &body);
-        assert!(err.contains("is invalid") && err.contains(expected), "{err}");
+        assert!(
+            err.contains("is invalid") && err.contains(expected),
+            "{err}"
+        );
     }
 }
 
@@ -269,7 +356,12 @@ impl User {
             .stderr(Stdio::piped())
             .spawn()
             .expect("running kubectl");
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
         child.wait_with_output().unwrap()
     }
 }
@@ -328,9 +420,16 @@ subjects:
     );
 
     let out = dana.kubectl(&["create", "-f", "-"], &request("dana-space"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let req = server.json(&["get", "namespacerequest", "dana-space"]);
-    assert_eq!(req["spec"]["requester"], "dana", "the server records who asked");
+    assert_eq!(
+        req["spec"]["requester"], "dana",
+        "the server records who asked"
+    );
 
     wait_ready(&server, "dana-space");
     let sn = server.json(&["get", "supervisornamespace", "dana-space"]);
@@ -344,16 +443,47 @@ subjects:
     });
 
     // dana owns the namespace: she can work in it and grant roles; eve cannot see it.
-    let out = dana.kubectl(&["auth", "can-i", "create", "rolebindings", "-n", "dana-space"], "");
+    let out = dana.kubectl(
+        &[
+            "auth",
+            "can-i",
+            "create",
+            "rolebindings",
+            "-n",
+            "dana-space",
+        ],
+        "",
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
-    let out = dana.kubectl(&["create", "configmap", "settings", "-n", "dana-space", "--from-literal=a=b"], "");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = dana.kubectl(
+        &[
+            "create",
+            "configmap",
+            "settings",
+            "-n",
+            "dana-space",
+            "--from-literal=a=b",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = eve.kubectl(&["get", "configmaps", "-n", "dana-space"], "");
     assert!(!out.status.success());
 
     // Deleting the request removes the namespace.
-    let out = dana.kubectl(&["delete", "namespacerequest", "dana-space", "--wait=false"], "");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = dana.kubectl(
+        &["delete", "namespacerequest", "dana-space", "--wait=false"],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eventually("namespace dana-space gone", Duration::from_secs(60), || {
         let out = server.kubectl(&["get", "namespace", "dana-space"]);
         (!out.status.success()).then_some(())

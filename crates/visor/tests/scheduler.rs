@@ -109,7 +109,9 @@ impl Drop for Heartbeats {
     }
 }
 
-fn pod_yaml(name: &str, cpu: &str, extra_spec: Value, labels: Value) -> String {
+/// A pod spec of one busybox container requesting `cpu` and 64Mi, with `extra_spec`'s fields
+/// set on top.
+fn pod_spec(cpu: &str, extra_spec: Value) -> Value {
     let mut spec = json!({
         "containers": [{"name": "c", "image": "busybox",
             "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}],
@@ -120,22 +122,18 @@ fn pod_yaml(name: &str, cpu: &str, extra_spec: Value, labels: Value) -> String {
             spec.insert(k.clone(), v.clone());
         }
     }
+    spec
+}
+
+fn pod_yaml(name: &str, cpu: &str, extra_spec: Value, labels: Value) -> String {
+    let spec = pod_spec(cpu, extra_spec);
     json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "labels": labels}, "spec": spec})
     .to_string()
 }
 
 fn deployment_yaml(name: &str, replicas: i32, cpu: &str, extra_spec: Value) -> String {
-    let mut spec = json!({
-        "containers": [{"name": "c", "image": "busybox",
-            "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}],
-        "terminationGracePeriodSeconds": 0,
-    });
-    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
-        for (k, v) in extra {
-            spec.insert(k.clone(), v.clone());
-        }
-    }
+    let spec = pod_spec(cpu, extra_spec);
     json!({"apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name},
         "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},

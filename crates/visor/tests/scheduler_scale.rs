@@ -130,7 +130,7 @@ fn a_thousand_pods_run_across_three_zones_of_simulated_hosts_and_go_away() {
         .collect();
     let hosts = ZONES.len() * HOSTS_PER_ZONE;
     let mut nodes = Vec::new();
-    wait_until("all hosts Ready", Duration::from_secs(60), || {
+    wait_until("all hosts Ready", Duration::from_secs(120), || {
         nodes = server.json(&["get", "nodes"])["items"]
             .as_array()
             .cloned()
@@ -178,7 +178,7 @@ fn a_thousand_pods_run_across_three_zones_of_simulated_hosts_and_go_away() {
     });
     eprintln!("{PODS} pods created in {:?}", started.elapsed());
     let mut pods = Vec::new();
-    let took = wait_until("all pods Running", Duration::from_secs(45), || {
+    let took = wait_until("all pods Running", Duration::from_secs(120), || {
         pods = server.json(&["get", "pods", "-n", "scale"])["items"]
             .as_array()
             .cloned()
@@ -242,7 +242,7 @@ fn a_thousand_pods_run_across_three_zones_of_simulated_hosts_and_go_away() {
             StatusCode::OK,
         ))
     });
-    let took = wait_until("all pods gone", Duration::from_secs(45), || {
+    let took = wait_until("all pods gone", Duration::from_secs(60), || {
         let left = server.json(&["get", "pods", "-n", "scale"])["items"]
             .as_array()
             .map_or(0, Vec::len);

@@ -372,17 +372,37 @@ impl Worker {
                 && not_before > now
             {
                 let remaining = not_before - now;
-                slot.waiting = Some((
-                    "CrashLoopBackOff".into(),
-                    format!(
-                        "back-off {}s restarting failed container={} pod={}_{}({})",
-                        slot.backoff.unwrap_or(BACKOFF_INITIAL).as_secs(),
-                        container.name,
-                        pod.metadata.name.as_deref().unwrap_or(""),
-                        pod.metadata.namespace.as_deref().unwrap_or(""),
-                        self.uid
-                    ),
-                ));
+                let crashed = slot
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.state == ContainerState::Exited);
+                let pull_failed = slot
+                    .waiting
+                    .as_ref()
+                    .is_some_and(|(reason, _)| reason == "ErrImagePull");
+                if crashed {
+                    slot.waiting = Some((
+                        "CrashLoopBackOff".into(),
+                        format!(
+                            "back-off {}s restarting failed container={} pod={}_{}({})",
+                            slot.backoff.unwrap_or(BACKOFF_INITIAL).as_secs(),
+                            container.name,
+                            pod.metadata.name.as_deref().unwrap_or(""),
+                            pod.metadata.namespace.as_deref().unwrap_or(""),
+                            self.uid
+                        ),
+                    ));
+                } else if pull_failed && let Some((_, message)) = slot.waiting.take() {
+                    // Between pulls upstream shows the back-off, keeping the registry's words.
+                    slot.waiting = Some((
+                        "ImagePullBackOff".into(),
+                        format!(
+                            "Back-off pulling image {:?}: {message}",
+                            container.image.as_deref().unwrap_or("")
+                        ),
+                    ));
+                }
+                // Other reasons (configuration errors, image back-off) stay as they are.
                 return Some(remaining);
             }
         }

@@ -528,7 +528,8 @@ pub(crate) async fn create_namespace(
 /// Creates a ResourceQuota limiting ConfigMaps to `room` and waits until the quota controller
 /// has counted it (until then, quota admission refuses what it cannot account for).
 async fn create_quota(conn: &mut Connection, namespace: &str, room: usize) -> anyhow::Result<()> {
-    let hard = serde_json::json!({ "count/configmaps": room.to_string(), "configmaps": room.to_string() });
+    let hard =
+        serde_json::json!({ "count/configmaps": room.to_string(), "configmaps": room.to_string() });
     let body = serde_json::json!({
         "apiVersion": "v1", "kind": "ResourceQuota",
         "metadata": { "name": "bench-quota" },
@@ -542,7 +543,9 @@ async fn create_quota(conn: &mut Connection, namespace: &str, room: usize) -> an
         .context("creating the benchmark's ResourceQuota")?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let response = conn.send(Method::GET, &format!("{path}/bench-quota"), None).await?;
+        let response = conn
+            .send(Method::GET, &format!("{path}/bench-quota"), None)
+            .await?;
         let quota: serde_json::Value = serde_json::from_slice(&response.body).unwrap_or_default();
         if quota.pointer("/status/used/configmaps").is_some() {
             return Ok(());

@@ -136,7 +136,7 @@ impl TestAgent {
             "2".into(),
         ];
         // A test's own network flags replace the generated ones.
-        for flag in ["--pod-cidr", "--bridge"] {
+        for flag in ["--pod-cidr", "--bridge", "--lease-interval"] {
             if flags.contains(&flag)
                 && let Some(i) = args.iter().position(|a| a == flag)
             {

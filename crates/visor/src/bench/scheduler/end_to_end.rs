@@ -230,6 +230,11 @@ fn hosts_of(list: &Value) -> anyhow::Result<BTreeMap<String, Host>> {
             .as_str()
             .context("a node without a name")?;
         let allocatable = &node["status"]["allocatable"];
+        // A host registers its Node first and reports its status a moment later; until then
+        // it is not a host pods can be placed on.
+        if allocatable.is_null() {
+            continue;
+        }
         let amount = |key: &str, milli: bool| {
             allocatable[key]
                 .as_str()
@@ -294,7 +299,8 @@ async fn wait_for_hosts(
             eprintln!("{ready} of {expected} hosts Ready");
             reported = ready;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Listing thousands of nodes is not free for the server: look every second.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -358,10 +364,8 @@ async fn follow(
             .unwrap_or_default()
             .to_string();
         match event["type"].as_str() {
-            Some("ADDED" | "MODIFIED") => {
-                if event["object"]["status"]["phase"] == "Running" {
-                    running.insert(name);
-                }
+            Some("ADDED" | "MODIFIED") if event["object"]["status"]["phase"] == "Running" => {
+                running.insert(name);
             }
             Some("DELETED") => {
                 deleted.insert(name);
