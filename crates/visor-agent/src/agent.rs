@@ -284,6 +284,15 @@ async fn start_host(
         } else {
             Duration::from_secs(1)
         },
+        events: (!simulated).then(|| {
+            kube::runtime::events::Recorder::new(
+                client.clone(),
+                kube::runtime::events::Reporter {
+                    controller: "visor-agent".into(),
+                    instance: Some(name.to_string()),
+                },
+            )
+        }),
     });
     let heartbeat = node::heartbeat(
         client,

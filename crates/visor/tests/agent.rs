@@ -266,6 +266,11 @@ fn containers_are_limited_restarted_probed_and_report_why() {
             && status["lastState"]["terminated"]["exitCode"] == 3)
             .then_some(())
     });
+    // The host records what happened, for `kubectl describe`.
+    eventually("crasher's events", READY, || {
+        let described = server.ok(&["describe", "pod", "crasher"]);
+        (described.contains("Started") && described.contains("BackOff")).then_some(())
+    });
     // The previous attempt's output stays readable.
     server.ok_stdin(
         &["apply", "-f", "-"],

@@ -60,6 +60,39 @@ pub struct Shared {
     pub directory: Arc<Directory>,
     /// How often a worker looks at its containers between pod changes.
     pub poll: Duration,
+    /// Events about pods, as a kubelet records them (`kubectl describe pod`); none for
+    /// simulated hosts, whose pods do nothing worth telling.
+    pub events: Option<kube::runtime::events::Recorder>,
+}
+
+impl Shared {
+    /// Records an event about a pod's container, in the background so that pod starts never
+    /// wait for it. Events are for people: a failure to write one is logged and ignored.
+    fn event(&self, pod: &Pod, container: &str, warning: bool, reason: &str, note: String) {
+        use kube::Resource;
+        use kube::runtime::events::{Event, EventType};
+        let Some(recorder) = self.events.clone() else {
+            return;
+        };
+        let mut reference = pod.object_ref(&());
+        reference.field_path = Some(format!("spec.containers{{{container}}}"));
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_string(),
+            note: Some(note),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                tracing::debug!(reason = %event.reason, "recording an event: {e}");
+            }
+        });
+    }
 }
 
 /// One container slot of the pod: the current attempt and what the worker decided about it.
@@ -296,6 +329,8 @@ impl Worker {
                     && !slot.killing_for_probe
                 {
                     slot.killing_for_probe = true;
+                    self.shared
+                        .event(pod, &container.name, true, "Unhealthy", message.clone());
                     tracing::info!(pod = %name_of(pod), container = %container.name, "{message}; restarting");
                     let grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64;
                     let id = current.id.clone();
@@ -367,6 +402,11 @@ impl Worker {
                 let delay = next.unwrap_or(Duration::ZERO);
                 slot.backoff = Some(next.unwrap_or(BACKOFF_INITIAL));
                 slot.not_before = Some(now + delay);
+                if !delay.is_zero() {
+                    let note = format!("Back-off restarting failed container {}", container.name);
+                    self.shared
+                        .event(pod, &container.name, true, "BackOff", note);
+                }
             }
             if let Some(not_before) = slot.not_before
                 && not_before > now
@@ -409,6 +449,23 @@ impl Worker {
         let started = Instant::now();
         let result = self.start(pod, sandbox, container, init).await;
         tracing::debug!(pod = %pod_name, container = %container.name, elapsed_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "container started");
+        match &result {
+            Ok(status) => {
+                let image = format!("Container image {:?} is ready", status.image.reference);
+                self.shared
+                    .event(pod, &container.name, false, "Pulled", image);
+                let note = format!("Started container {}", container.name);
+                self.shared
+                    .event(pod, &container.name, false, "Started", note);
+            }
+            Err(StartError {
+                reason, message, ..
+            }) => {
+                let note = format!("Error: {reason}: {message}");
+                self.shared
+                    .event(pod, &container.name, true, "Failed", note);
+            }
+        }
         let slot = self.slots.entry(container.name.clone()).or_default();
         match result {
             Ok(status) => {
