@@ -213,7 +213,9 @@ impl Handler {
             _ => {}
         }
         // A client certificate, else a bearer token (401 if it does not verify).
-        let identity = self.authenticator.authenticate(identity, request.headers())?;
+        let identity = self
+            .authenticator
+            .authenticate(identity, request.headers())?;
         let Some(identity) = identity else {
             return Err(ApiError::unauthorized());
         };
@@ -399,10 +401,12 @@ impl Handler {
         if path.legacy_watch && (method != Method::GET || name.is_some()) {
             return Err(ApiError::no_route());
         }
-        if let Some(sub @ (Subresource::Log
-        | Subresource::Exec
-        | Subresource::Attach
-        | Subresource::PortForward)) = subresource
+        if let Some(
+            sub @ (Subresource::Log
+            | Subresource::Exec
+            | Subresource::Attach
+            | Subresource::PortForward),
+        ) = subresource
         {
             let name = name.ok_or_else(ApiError::no_route)?;
             return self
@@ -499,7 +503,11 @@ impl Handler {
                 }
                 self.value_response(200, &def, result, format)
             }
-            (Method::POST, Some(name), Some(sub @ (Subresource::Binding | Subresource::Eviction))) => {
+            (
+                Method::POST,
+                Some(name),
+                Some(sub @ (Subresource::Binding | Subresource::Eviction)),
+            ) => {
                 let body = read_body(request).await?;
                 let obj = decode_body(&body, &content_type)?;
                 let status = if sub == Subresource::Binding {

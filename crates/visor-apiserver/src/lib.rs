@@ -175,7 +175,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
 /// Creates each of Visor's own CRDs, or replaces its spec when this build describes the kind
 /// differently, and serves it at once (not waiting for the CRD follower), so the kinds are
 /// there when the server reports ready.
-async fn ensure_system_crds(registry: &Arc<Registry>, crds: &[serde_json::Value]) -> anyhow::Result<()> {
+async fn ensure_system_crds(
+    registry: &Arc<Registry>,
+    crds: &[serde_json::Value],
+) -> anyhow::Result<()> {
     let def = registry
         .catalog
         .lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions")

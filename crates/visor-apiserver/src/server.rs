@@ -75,7 +75,9 @@ pub async fn serve(
                 let handler = handler.clone();
                 let identity = identity.clone();
                 // For the audit log and login throttling.
-                request.extensions_mut().insert(crate::auth::ClientAddr(peer));
+                request
+                    .extensions_mut()
+                    .insert(crate::auth::ClientAddr(peer));
                 async move { Ok::<_, Infallible>(handler.handle(request, identity).await) }
             });
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);

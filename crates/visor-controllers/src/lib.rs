@@ -20,11 +20,11 @@ use std::time::Duration;
 
 use kube::Client;
 
-pub mod cronjob;
 pub mod balancer;
+pub mod cronjob;
 pub mod daemonset;
-pub mod disruption;
 pub mod deployment;
+pub mod disruption;
 pub mod gc;
 pub mod job;
 pub mod namespace;
@@ -33,8 +33,8 @@ pub mod quota;
 pub mod replicaset;
 pub mod serviceaccount;
 mod shared;
-mod stores;
 pub mod statefulset;
+mod stores;
 pub mod tenancy;
 pub mod zone;
 

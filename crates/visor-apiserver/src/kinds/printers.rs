@@ -1886,7 +1886,13 @@ pub fn priorityclass() -> Vec<Column> {
             "boolean",
             0,
             "Whether pods naming no class get this one.",
-            |o| Value::from(at(o, &["globalDefault"]).and_then(Value::as_bool).unwrap_or(false)),
+            |o| {
+                Value::from(
+                    at(o, &["globalDefault"])
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                )
+            },
         ),
         Column::age(),
         col(

@@ -3019,7 +3019,10 @@ pub fn priorityclass(new: &Value, old: Option<&Value>) -> Vec<FieldError> {
     if let Some(old) = old
         && int_of(old, "value") != int_of(new, "value")
     {
-        errs.push(FieldError::forbidden("value", "may not be changed in an update."));
+        errs.push(FieldError::forbidden(
+            "value",
+            "may not be changed in an update.",
+        ));
     }
     let policy = get(new, "preemptionPolicy");
     if let Some(p) = policy.as_str()

@@ -276,7 +276,8 @@ mod tests {
     #[test]
     fn every_workload_places_everything_without_over_commit() {
         for kind in ["basic", "node-affinity", "pod-anti-affinity", "zone-spread"] {
-            let o = run_workload(kind, 300, 900).unwrap();
+            // Anti-affinity groups hold 1,000 pods, one per host: enough hosts for 900.
+            let o = run_workload(kind, 1000, 900).unwrap();
             assert!(o.pods_per_second > 0.0);
         }
         // Equal pods on equal hosts: perfectly even.
