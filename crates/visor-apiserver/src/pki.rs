@@ -493,7 +493,7 @@ fn read(path: &Path) -> anyhow::Result<String> {
 
 /// Writes `contents` to `path` through a temporary file in the same directory and a rename, so
 /// readers see the old or the new file, never a part; the file is created with `mode` and synced.
-fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
     let dir = path.parent().context("a file path without a directory")?;
     let name = path
         .file_name()

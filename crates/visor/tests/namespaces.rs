@@ -7,15 +7,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Backend, TestServer, eventually};
 use http::Method;
-use tempfile::TempDir;
-use visor::kubeconfig::Kubeconfig;
 
 const TEAM: &str = r#"
 apiVersion: visor.dev/v1alpha1
@@ -317,54 +313,7 @@ fn invalid_configurations_are_422_with_a_field_path() {
     }
 }
 
-/// A user with a client certificate of their own.
-struct User {
-    kubeconfig: PathBuf,
-    cache: TempDir,
-    _dir: TempDir,
-}
-
-impl User {
-    fn new(server: &TestServer, name: &str, groups: &[&str]) -> User {
-        let pki = visor_apiserver::pki::Pki::load_or_create(server.data_dir(), &[]).unwrap();
-        let (cert, key) = pki.issue_client_cert(name, groups).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join(format!("{name}.kubeconfig"));
-        let url = format!("https://127.0.0.1:{}", server.port);
-        Kubeconfig::admin(&url, pki.ca_pem(), &cert, &key)
-            .write(&kubeconfig)
-            .unwrap();
-        User {
-            kubeconfig,
-            cache: tempfile::tempdir().unwrap(),
-            _dir: dir,
-        }
-    }
-
-    fn kubectl(&self, args: &[&str], input: &str) -> Output {
-        use std::io::Write;
-        let mut child = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.cache.path())
-            .arg("--request-timeout=30s")
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running kubectl");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    }
-}
+use common::users::CertUser as User;
 
 #[test]
 fn a_group_member_creates_a_namespace_from_a_template() {
@@ -411,7 +360,7 @@ subjects:
         )
     };
 
-    let out = eve.kubectl(&["create", "-f", "-"], &request("eve-space"));
+    let out = eve.kubectl_stdin(&["create", "-f", "-"], &request("eve-space"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -419,7 +368,7 @@ subjects:
         "{err}"
     );
 
-    let out = dana.kubectl(&["create", "-f", "-"], &request("dana-space"));
+    let out = dana.kubectl_stdin(&["create", "-f", "-"], &request("dana-space"));
     assert!(
         out.status.success(),
         "{}",
@@ -443,7 +392,7 @@ subjects:
     });
 
     // dana owns the namespace: she can work in it and grant roles; eve cannot see it.
-    let out = dana.kubectl(
+    let out = dana.kubectl_stdin(
         &[
             "auth",
             "can-i",
@@ -455,7 +404,7 @@ subjects:
         "",
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
-    let out = dana.kubectl(
+    let out = dana.kubectl_stdin(
         &[
             "create",
             "configmap",
@@ -471,11 +420,11 @@ subjects:
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = eve.kubectl(&["get", "configmaps", "-n", "dana-space"], "");
+    let out = eve.kubectl_stdin(&["get", "configmaps", "-n", "dana-space"], "");
     assert!(!out.status.success());
 
     // Deleting the request removes the namespace.
-    let out = dana.kubectl(
+    let out = dana.kubectl_stdin(
         &["delete", "namespacerequest", "dana-space", "--wait=false"],
         "",
     );

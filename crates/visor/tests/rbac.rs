@@ -4,82 +4,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Backend, TestServer};
-use tempfile::TempDir;
-use visor::kubeconfig::Kubeconfig;
 
-/// A user with a client certificate of their own and a kubeconfig for it.
-struct User {
-    kubeconfig: PathBuf,
-    cache: TempDir,
-    _dir: TempDir,
-}
-
-impl User {
-    fn new(server: &TestServer, name: &str, groups: &[&str]) -> User {
-        let pki = visor_apiserver::pki::Pki::load_or_create(server.data_dir(), &[]).unwrap();
-        let (cert, key) = pki.issue_client_cert(name, groups).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join(format!("{name}.kubeconfig"));
-        let url = format!("https://127.0.0.1:{}", server.port);
-        Kubeconfig::admin(&url, pki.ca_pem(), &cert, &key)
-            .write(&kubeconfig)
-            .unwrap();
-        User {
-            kubeconfig,
-            cache: tempfile::tempdir().unwrap(),
-            _dir: dir,
-        }
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.cache.path())
-            .arg("--request-timeout=30s")
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::null())
-            .output()
-            .expect("running kubectl")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            !out.status.success(),
-            "kubectl {args:?} succeeded: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    /// `kubectl auth can-i ARGS`: "yes" or "no".
-    fn can_i(&self, args: &[&str]) -> String {
-        let mut all = vec!["auth", "can-i"];
-        all.extend(args);
-        String::from_utf8_lossy(&self.kubectl(&all).stdout)
-            .trim()
-            .to_string()
-    }
-}
+use common::users::CertUser as User;
 
 /// Retries `check` for up to 10 s: grants reach the authorizer through the watch cache.
 fn eventually(what: &str, check: impl Fn() -> bool) {

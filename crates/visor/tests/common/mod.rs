@@ -20,6 +20,7 @@ use tempfile::TempDir;
 use visor::client::ApiClient;
 
 pub mod hosts;
+pub mod users;
 
 /// How long a server may take to write its kubeconfig.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
