@@ -96,6 +96,19 @@ fn secrets_path(name: Option<&str>) -> String {
     }
 }
 
+/// GETs or DELETEs one of the identity Secrets; whether it was there.
+async fn secret_found(
+    client: &kube::Client,
+    method: http::Method,
+    secret: &str,
+) -> anyhow::Result<bool> {
+    Ok(
+        send(client, method, &secrets_path(Some(secret)), JSON, None)
+            .await?
+            .is_some(),
+    )
+}
+
 /// The API's answer to a request, `None` for 404.
 pub async fn send(
     client: &kube::Client,
@@ -250,16 +263,7 @@ pub async fn run_user(args: UserArgs) -> anyhow::Result<()> {
         UserCommand::Passwd { name } => {
             check_name("user", &name)?;
             let secret = format!("{USER_PREFIX}{name}");
-            if send(
-                &client,
-                http::Method::GET,
-                &secrets_path(Some(&secret)),
-                JSON,
-                None,
-            )
-            .await?
-            .is_none()
-            {
+            if !secret_found(&client, http::Method::GET, &secret).await? {
                 bail!("no user {name:?}");
             }
             let hash = users::hash_password(&new_password(&name)?)?;
@@ -279,15 +283,8 @@ pub async fn run_user(args: UserArgs) -> anyhow::Result<()> {
         UserCommand::Delete { name } => {
             check_name("user", &name)?;
             let secret = format!("{USER_PREFIX}{name}");
-            let deleted = send(
-                &client,
-                http::Method::DELETE,
-                &secrets_path(Some(&secret)),
-                JSON,
-                None,
-            )
-            .await?;
-            if deleted.is_none() {
+            let deleted = secret_found(&client, http::Method::DELETE, &secret).await?;
+            if !deleted {
                 bail!("no user {name:?}");
             }
             for group in list_identities(&client, "group").await? {
@@ -342,16 +339,7 @@ pub async fn run_group(args: GroupArgs) -> anyhow::Result<()> {
         GroupCommand::Delete { name } => {
             check_name("group", &name)?;
             let secret = format!("{GROUP_PREFIX}{name}");
-            if send(
-                &client,
-                http::Method::DELETE,
-                &secrets_path(Some(&secret)),
-                JSON,
-                None,
-            )
-            .await?
-            .is_none()
-            {
+            if !secret_found(&client, http::Method::DELETE, &secret).await? {
                 bail!("no group {name:?}");
             }
             println!("group {name} deleted");
@@ -360,16 +348,7 @@ pub async fn run_group(args: GroupArgs) -> anyhow::Result<()> {
             check_name("group", &group)?;
             check_name("user", &user)?;
             let secret = format!("{USER_PREFIX}{user}");
-            if send(
-                &client,
-                http::Method::GET,
-                &secrets_path(Some(&secret)),
-                JSON,
-                None,
-            )
-            .await?
-            .is_none()
-            {
+            if !secret_found(&client, http::Method::GET, &secret).await? {
                 bail!("no user {user:?}");
             }
             update_group(&client, &group, false, |m| m.insert(user.clone())).await?;
