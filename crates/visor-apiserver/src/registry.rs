@@ -15,8 +15,9 @@ use base64::Engine;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use visor_store::cache::WatchCache;
-use visor_store::{DynStore, RangeRequest, Revision, StoreError};
+use visor_store::{DynStore, RangeRequest, Revision, StoreError, TxnWrite};
 
+use crate::admission::quota::{Charge, ChargeRequest};
 use crate::errors::{ApiError, ApiResult, qualified};
 use crate::kinds::{Catalog, FieldError, ResourceDef, Subresource, validation};
 use crate::object::{self, CachedObject, meta, meta_mut};
@@ -31,6 +32,8 @@ mod pods;
 const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an unconditional update retries after losing a compare-and-swap race.
 const UPDATE_RETRIES: usize = 16;
+/// How often a write re-evaluates its quota charge after other writers changed the quotas.
+const CHARGE_RETRIES: usize = 64;
 
 /// The server's shared state for serving resources.
 pub struct Registry {
@@ -591,7 +594,7 @@ impl Registry {
         }
         self.admit(scope, &mut obj, None)?;
         self.check_namespace(scope, object::name(&obj)).await?;
-        crate::admission::validate(self, scope, &obj, None, query.dry_run).await?;
+        let mut charge = crate::admission::validate(self, scope, &obj, None, query.dry_run).await?;
         if !query.apply {
             if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
                 m.remove("managedFields");
@@ -613,7 +616,6 @@ impl Registry {
             );
         }
         obj = self.to_storage(&def, obj);
-        let name = object::name(&obj).to_string();
         if query.dry_run {
             return Ok(WriteResult {
                 object: self.present(&def, obj),
@@ -621,29 +623,31 @@ impl Registry {
                 warnings: Vec::new(),
             });
         }
-        let key = def.key(scope.namespace.as_deref(), &name);
         let mut attempts = 0;
         let revision = loop {
-            match self
-                .store
-                .create(&key, object::to_storage_bytes(&obj))
-                .await
-            {
+            // A retried generated name changes the key.
+            let key = def.key(scope.namespace.as_deref(), object::name(&obj));
+            let write = TxnWrite::Create {
+                key,
+                value: object::to_storage_bytes(&obj),
+            };
+            match self.write_charged(scope, None, &obj, write, charge).await? {
                 Ok(revision) => break revision,
                 // A generated name collided: upstream retries with a fresh one.
-                Err(StoreError::AlreadyExists(_)) if generate && attempts < 8 => {
+                Err((StoreError::AlreadyExists(_), unspent)) if generate && attempts < 8 => {
+                    charge = unspent;
                     attempts += 1;
                     let prefix = object::meta_str(&obj, "generateName")
                         .unwrap_or_default()
                         .to_string();
                     meta_mut(&mut obj).insert("name".into(), json!(generated_name(&prefix)));
                 }
-                Err(e) => {
+                Err((e, _)) => {
                     return Err(ApiError::from_store(
                         e,
                         scope.group(),
                         scope.resource(),
-                        &name,
+                        object::name(&obj),
                     ));
                 }
             }
@@ -654,6 +658,55 @@ impl Registry {
             created: true,
             warnings: Vec::new(),
         })
+    }
+
+    /// Stores an object's create or update together with its quota charge, in one store
+    /// transaction. A charge that lost a race to another writer of the same quota is evaluated
+    /// again (and may now be refused). The store's errors about the object itself come back
+    /// with the unspent charge, which still holds for another attempt at the same write.
+    async fn write_charged(
+        &self,
+        scope: &Scope,
+        old: Option<&Value>,
+        new: &Value,
+        write: TxnWrite,
+        mut charge: Option<Charge>,
+    ) -> ApiResult<Result<Revision, (StoreError, Option<Charge>)>> {
+        for _ in 0..CHARGE_RETRIES {
+            let Some(charged) = charge.take() else {
+                let written = match write {
+                    TxnWrite::Create { key, value } => self.store.create(&key, value).await,
+                    TxnWrite::Update {
+                        key,
+                        value,
+                        expected,
+                    } => self.store.update(&key, value, expected).await,
+                };
+                return Ok(written.map_err(|e| (e, None)));
+            };
+            let mut writes: Vec<TxnWrite> = charged.writes().collect();
+            writes.push(write.clone());
+            match self.store.transact(writes).await {
+                Ok(mut revisions) => {
+                    let object_revision = revisions.pop().expect("one revision per write");
+                    charged.stored(&revisions);
+                    return Ok(Ok(object_revision));
+                }
+                Err(StoreError::Conflict { key, .. } | StoreError::NotFound(key))
+                    if charged.writes_key(&key) =>
+                {
+                    let request = ChargeRequest { scope, old, new };
+                    charge = charged.recharge(self, &request).await?;
+                }
+                Err(e) => return Ok(Err((e, Some(charged)))),
+            }
+        }
+        Err(ApiError::conflict(
+            "",
+            "resourcequotas",
+            "",
+            "too many concurrent quota updates; try again",
+        ))
     }
 
     /// Replaces an object (`subresource` None), or its status, or a namespace's finalizers.
@@ -789,7 +842,8 @@ impl Registry {
             meta_mut(&mut next).insert("resourceVersion".into(), json!(revision.to_string()));
             crate::admission::mutate(self, scope, &mut next, Some(&current)).await?;
             self.admit(scope, &mut next, Some(&current))?;
-            crate::admission::validate(self, scope, &next, Some(&current), dry_run).await?;
+            let charge =
+                crate::admission::validate(self, scope, &next, Some(&current), dry_run).await?;
             if let Some(writer) = writer {
                 writer.track(&def, &current, &mut next);
             }
@@ -854,10 +908,14 @@ impl Registry {
                     )),
                 };
             }
+            let write = TxnWrite::Update {
+                key: key.clone(),
+                value: object::to_storage_bytes(&next),
+                expected: revision,
+            };
             match self
-                .store
-                .update(&key, object::to_storage_bytes(&next), revision)
-                .await
+                .write_charged(scope, Some(&current), &next, write, charge)
+                .await?
             {
                 Ok(rev) => {
                     object::set_resource_version(&mut next, rev);
@@ -867,8 +925,8 @@ impl Registry {
                         warnings: Vec::new(),
                     });
                 }
-                Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
-                Err(e) => {
+                Err((StoreError::Conflict { .. }, _)) if precondition.is_none() => continue,
+                Err((e, _)) => {
                     return Err(ApiError::from_store(
                         e,
                         scope.group(),

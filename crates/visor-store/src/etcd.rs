@@ -31,7 +31,7 @@ use tonic::Code;
 
 use crate::{
     Event, KeyValue, ProgressWatchStream, RangeRequest, RangeResult, Result, Revision, Store,
-    StoreError, Watched,
+    StoreError, TxnWrite, Watched,
 };
 
 /// How long one unary request may take before the store is reported unavailable.
@@ -357,6 +357,73 @@ impl Store for EtcdStore {
                 current,
             }),
         }
+    }
+
+    async fn transact(&self, writes: Vec<TxnWrite>) -> Result<Vec<Revision>> {
+        crate::check_distinct_keys(&writes)?;
+        let mut compares = Vec::with_capacity(writes.len() * 2);
+        let mut puts = Vec::with_capacity(writes.len());
+        let mut reads = Vec::with_capacity(writes.len());
+        for write in &writes {
+            match write {
+                TxnWrite::Create { key, value } => {
+                    compares.push(Compare::create_revision(key.as_str(), CompareOp::Equal, 0));
+                    puts.push(TxnOp::put(key.as_str(), value.to_vec(), None));
+                }
+                TxnWrite::Update {
+                    key,
+                    value,
+                    expected,
+                } => {
+                    compares.push(Compare::create_revision(
+                        key.as_str(),
+                        CompareOp::Greater,
+                        0,
+                    ));
+                    compares.push(Compare::mod_revision(
+                        key.as_str(),
+                        CompareOp::Equal,
+                        *expected,
+                    ));
+                    puts.push(TxnOp::put(key.as_str(), value.to_vec(), None));
+                }
+            }
+            reads.push(TxnOp::get(write.key(), None));
+        }
+        let txn = Txn::new().when(compares).and_then(puts).or_else(reads);
+        let response = timed(self.client.kv_client().txn(txn))
+            .await
+            .map_err(|e| map_error(e, 0, self.known_compacted()))?;
+        let revision = header_revision(response.header())?;
+        if response.succeeded() {
+            return Ok(vec![revision; writes.len()]);
+        }
+        // The reads ran in the same transaction, so they show which precondition failed.
+        let current = response.op_responses().into_iter().map(|r| match r {
+            TxnOpResponse::Get(get) => get.kvs().first().map(convert),
+            _ => None,
+        });
+        for (write, current) in writes.into_iter().zip(current) {
+            match (write, current) {
+                (TxnWrite::Create { key, .. }, Some(_)) => {
+                    return Err(StoreError::AlreadyExists(key));
+                }
+                (TxnWrite::Update { key, .. }, None) => return Err(StoreError::NotFound(key)),
+                (TxnWrite::Update { key, expected, .. }, Some(kv))
+                    if kv.mod_revision != expected =>
+                {
+                    return Err(StoreError::Conflict {
+                        key,
+                        expected,
+                        current: Some(kv),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Err(StoreError::Backend(
+            "etcd refused a transaction whose preconditions all held".into(),
+        ))
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(Revision, KeyValue)> {

@@ -127,6 +127,27 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// One write of a [`Store::transact`]: a create or a compare-and-swap update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnWrite {
+    /// Creates `key`, which must not exist.
+    Create { key: String, value: Bytes },
+    /// Replaces `key`, whose mod revision must be `expected`.
+    Update {
+        key: String,
+        value: Bytes,
+        expected: Revision,
+    },
+}
+
+impl TxnWrite {
+    pub fn key(&self) -> &str {
+        match self {
+            TxnWrite::Create { key, .. } | TxnWrite::Update { key, .. } => key,
+        }
+    }
+}
+
 /// A stream of watch events in revision order. Events of one revision arrive together.
 pub type WatchStream = BoxStream<'static, Result<Event>>;
 
@@ -153,6 +174,13 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces `key` if its mod revision is `expected`; otherwise [`StoreError::Conflict`]
     /// (or [`StoreError::NotFound`] if the key does not exist). Returns the new revision.
     async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<Revision>;
+
+    /// Applies every write or none, durably and in one commit: if a precondition fails,
+    /// nothing is written and the error is that of the first write whose precondition failed
+    /// ([`StoreError::AlreadyExists`], [`StoreError::NotFound`] or [`StoreError::Conflict`],
+    /// naming its key). Each key may appear once. Returns each write's revision, in order:
+    /// consecutive revisions on SQLite, one shared revision on etcd (one etcd transaction).
+    async fn transact(&self, writes: Vec<TxnWrite>) -> Result<Vec<Revision>>;
 
     /// Deletes `key`, if given only when its mod revision is `expected`. Returns the revision of
     /// the delete and the value the key had.
@@ -211,6 +239,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// The oldest revision still readable.
     async fn compacted_revision(&self) -> Result<Revision>;
+}
+
+/// Refuses a transaction that writes one key twice (its outcome would depend on the backend).
+fn check_distinct_keys(writes: &[TxnWrite]) -> Result<()> {
+    let mut keys: Vec<&str> = writes.iter().map(TxnWrite::key).collect();
+    keys.sort_unstable();
+    match keys.windows(2).find(|pair| pair[0] == pair[1]) {
+        Some(pair) => Err(StoreError::Backend(format!(
+            "a transaction writes key {:?} more than once",
+            pair[0]
+        ))),
+        None => Ok(()),
+    }
 }
 
 pub type DynStore = Arc<dyn Store>;

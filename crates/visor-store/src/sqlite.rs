@@ -33,7 +33,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::{
     Event, KeyValue, ProgressWatchStream, RangeRequest, RangeResult, Result, Revision, Store,
-    StoreError, Watched,
+    StoreError, TxnWrite, Watched,
 };
 
 /// Requests queued for the writer beyond this make callers wait (back-pressure).
@@ -112,15 +112,8 @@ struct Batch {
 }
 
 enum WriteOp {
-    Create {
-        key: String,
-        value: Bytes,
-    },
-    Update {
-        key: String,
-        value: Bytes,
-        expected: Revision,
-    },
+    /// Creates and compare-and-swap updates, all or none (one for a plain create or update).
+    Puts(Vec<TxnWrite>),
     Delete {
         key: String,
         expected: Option<Revision>,
@@ -131,7 +124,7 @@ enum WriteOp {
 }
 
 enum WriteOutcome {
-    Written(Revision),
+    Written(Vec<Revision>),
     Deleted(Revision, KeyValue),
     Compacted,
 }
@@ -214,6 +207,13 @@ impl SqliteStore {
             writes,
             feed,
         })
+    }
+
+    async fn puts(&self, writes: Vec<TxnWrite>) -> Result<Vec<Revision>> {
+        match self.write(WriteOp::Puts(writes)).await? {
+            WriteOutcome::Written(revisions) => Ok(revisions),
+            _ => Err(backend("unexpected writer outcome for a write")),
+        }
     }
 
     async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
@@ -411,6 +411,46 @@ impl Writer {
         Ok(())
     }
 
+    /// Writes one checked create (`prev` None) or update at the next revision.
+    fn put(
+        &mut self,
+        write: &TxnWrite,
+        prev: Option<KeyValue>,
+        events: &mut Vec<Event>,
+    ) -> rusqlite::Result<Revision> {
+        let (TxnWrite::Create { key, value } | TxnWrite::Update { key, value, .. }) = write;
+        self.revision += 1;
+        let rev = self.revision;
+        let kv = match &prev {
+            None => {
+                self.append_log(key, Some(value), rev, 0)?;
+                self.conn
+                    .prepare_cached("INSERT INTO kv(key, create_rev, mod_rev) VALUES (?1, ?2, ?2)")?
+                    .execute(params![key.as_bytes(), rev])?;
+                KeyValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                    create_revision: rev,
+                    mod_revision: rev,
+                }
+            }
+            Some(prev) => {
+                self.append_log(key, Some(value), prev.create_revision, prev.mod_revision)?;
+                self.conn
+                    .prepare_cached("UPDATE kv SET mod_rev = ?2 WHERE key = ?1")?
+                    .execute(params![key.as_bytes(), rev])?;
+                KeyValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                    create_revision: prev.create_revision,
+                    mod_revision: rev,
+                }
+            }
+        };
+        events.push(Event::Put { kv, prev });
+        Ok(rev)
+    }
+
     /// Checks one request's precondition and applies it. `Err` only for SQLite failures, which
     /// abort the whole batch; a failed precondition is an `Ok(Err(..))` for that caller alone.
     fn apply(
@@ -420,57 +460,41 @@ impl Writer {
         compacted_to: &mut Option<Revision>,
     ) -> rusqlite::Result<Result<WriteOutcome>> {
         match op {
-            WriteOp::Create { key, value } => {
-                if self.current(key)?.is_some() {
-                    return Ok(Err(StoreError::AlreadyExists(key.clone())));
+            WriteOp::Puts(writes) => {
+                // Every precondition first, so that a failing one leaves the batch untouched.
+                let mut previous = Vec::with_capacity(writes.len());
+                for write in writes {
+                    let current = self.current(write.key())?;
+                    let failed = match (write, current) {
+                        (TxnWrite::Create { key, .. }, Some(_)) => {
+                            StoreError::AlreadyExists(key.clone())
+                        }
+                        (TxnWrite::Create { .. }, None) => {
+                            previous.push(None);
+                            continue;
+                        }
+                        (TxnWrite::Update { key, .. }, None) => StoreError::NotFound(key.clone()),
+                        (TxnWrite::Update { expected, .. }, Some(prev))
+                            if prev.mod_revision == *expected =>
+                        {
+                            previous.push(Some(prev));
+                            continue;
+                        }
+                        (TxnWrite::Update { key, expected, .. }, Some(prev)) => {
+                            StoreError::Conflict {
+                                key: key.clone(),
+                                expected: *expected,
+                                current: Some(prev),
+                            }
+                        }
+                    };
+                    return Ok(Err(failed));
                 }
-                self.revision += 1;
-                let rev = self.revision;
-                self.append_log(key, Some(value), rev, 0)?;
-                self.conn
-                    .prepare_cached("INSERT INTO kv(key, create_rev, mod_rev) VALUES (?1, ?2, ?2)")?
-                    .execute(params![key.as_bytes(), rev])?;
-                let kv = KeyValue {
-                    key: key.clone(),
-                    value: value.clone(),
-                    create_revision: rev,
-                    mod_revision: rev,
-                };
-                events.push(Event::Put { kv, prev: None });
-                Ok(Ok(WriteOutcome::Written(rev)))
-            }
-            WriteOp::Update {
-                key,
-                value,
-                expected,
-            } => {
-                let Some(prev) = self.current(key)? else {
-                    return Ok(Err(StoreError::NotFound(key.clone())));
-                };
-                if prev.mod_revision != *expected {
-                    return Ok(Err(StoreError::Conflict {
-                        key: key.clone(),
-                        expected: *expected,
-                        current: Some(prev),
-                    }));
+                let mut revisions = Vec::with_capacity(writes.len());
+                for (write, prev) in writes.iter().zip(previous) {
+                    revisions.push(self.put(write, prev, events)?);
                 }
-                self.revision += 1;
-                let rev = self.revision;
-                self.append_log(key, Some(value), prev.create_revision, prev.mod_revision)?;
-                self.conn
-                    .prepare_cached("UPDATE kv SET mod_rev = ?2 WHERE key = ?1")?
-                    .execute(params![key.as_bytes(), rev])?;
-                let kv = KeyValue {
-                    key: key.clone(),
-                    value: value.clone(),
-                    create_revision: prev.create_revision,
-                    mod_revision: rev,
-                };
-                events.push(Event::Put {
-                    kv,
-                    prev: Some(prev),
-                });
-                Ok(Ok(WriteOutcome::Written(rev)))
+                Ok(Ok(WriteOutcome::Written(revisions)))
             }
             WriteOp::Delete { key, expected } => {
                 let Some(prev) = self.current(key)? else {
@@ -766,30 +790,25 @@ impl WatchState {
 #[async_trait]
 impl Store for SqliteStore {
     async fn create(&self, key: &str, value: Bytes) -> Result<Revision> {
-        match self
-            .write(WriteOp::Create {
-                key: key.to_owned(),
-                value,
-            })
-            .await?
-        {
-            WriteOutcome::Written(rev) => Ok(rev),
-            _ => Err(backend("unexpected writer outcome for create")),
-        }
+        let write = TxnWrite::Create {
+            key: key.to_owned(),
+            value,
+        };
+        self.puts(vec![write]).await.map(|revisions| revisions[0])
     }
 
     async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<Revision> {
-        match self
-            .write(WriteOp::Update {
-                key: key.to_owned(),
-                value,
-                expected,
-            })
-            .await?
-        {
-            WriteOutcome::Written(rev) => Ok(rev),
-            _ => Err(backend("unexpected writer outcome for update")),
-        }
+        let write = TxnWrite::Update {
+            key: key.to_owned(),
+            value,
+            expected,
+        };
+        self.puts(vec![write]).await.map(|revisions| revisions[0])
+    }
+
+    async fn transact(&self, writes: Vec<TxnWrite>) -> Result<Vec<Revision>> {
+        crate::check_distinct_keys(&writes)?;
+        self.puts(writes).await
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(Revision, KeyValue)> {

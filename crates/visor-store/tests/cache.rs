@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use visor_store::cache::{CacheEventKind, CacheOptions, CacheWatch, WatchCache, WatchItem};
 use visor_store::{
     DynStore, KeyValue, ProgressWatchStream, RangeRequest, RangeResult, Result, Revision, Store,
-    StoreError,
+    StoreError, TxnWrite,
 };
 
 /// What the tests decode values into: the value and the revision it was read at.
@@ -378,6 +378,9 @@ impl Store for Flaky {
     }
     async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<Revision> {
         self.inner.update(key, value, expected).await
+    }
+    async fn transact(&self, writes: Vec<TxnWrite>) -> Result<Vec<Revision>> {
+        self.inner.transact(writes).await
     }
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(Revision, KeyValue)> {
         self.inner.delete(key, expected).await

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use visor_store::{DynStore, Event, KeyValue, RangeRequest, StoreError, WatchStream, Watched};
+use visor_store::{
+    DynStore, Event, KeyValue, RangeRequest, StoreError, TxnWrite, WatchStream, Watched,
+};
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -693,6 +695,113 @@ async fn concurrent_writers_lose_nothing(store: DynStore) {
     );
 }
 
+fn create_write(key: &str, value: &str) -> TxnWrite {
+    TxnWrite::Create {
+        key: key.into(),
+        value: b(value),
+    }
+}
+
+fn update_write(key: &str, value: &str, expected: i64) -> TxnWrite {
+    TxnWrite::Update {
+        key: key.into(),
+        value: b(value),
+        expected,
+    }
+}
+
+async fn transactions_write_all_or_nothing(store: DynStore) {
+    let counter = store.create("/x/counter", b("0")).await.unwrap();
+    let mut watch = store.watch("/x/", counter + 1).await.unwrap();
+
+    // Both writes land, in order, each visible to readers and watchers.
+    let revisions = store
+        .transact(vec![
+            update_write("/x/counter", "1", counter),
+            create_write("/x/a", "a"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(revisions.len(), 2);
+    assert!(revisions[0] > counter && revisions[1] >= revisions[0]);
+    let (kv, _) = store.get("/x/counter", None).await.unwrap();
+    let counter_kv = kv.unwrap();
+    assert_eq!(
+        (counter_kv.value.clone(), counter_kv.mod_revision),
+        (b("1"), revisions[0])
+    );
+    let (kv, _) = store.get("/x/a", None).await.unwrap();
+    assert_eq!(kv.unwrap().create_revision, revisions[1]);
+    let mut seen = [next_event(&mut watch).await, next_event(&mut watch).await];
+    seen.sort_by(|x, y| x.key().cmp(y.key()));
+    assert_eq!(
+        seen.iter().map(Event::key).collect::<Vec<_>>(),
+        ["/x/a", "/x/counter"]
+    );
+    let (kv, prev) = put_of(&seen[1]);
+    assert_eq!(kv.value, b("1"));
+    assert_eq!(prev.map(|p| p.value.clone()), Some(b("0")));
+
+    // A stale update refuses the whole transaction: the create beside it is not written.
+    let before = store.current_revision().await.unwrap();
+    match store
+        .transact(vec![
+            create_write("/x/b", "b"),
+            update_write("/x/counter", "2", counter),
+        ])
+        .await
+    {
+        Err(StoreError::Conflict {
+            key,
+            expected,
+            current,
+        }) => {
+            assert_eq!((key.as_str(), expected), ("/x/counter", counter));
+            assert_eq!(current.unwrap().mod_revision, revisions[0]);
+        }
+        other => panic!("a stale update must fail the transaction, got {other:?}"),
+    }
+    assert_eq!(store.get("/x/b", None).await.unwrap().0, None);
+    assert_eq!(store.current_revision().await.unwrap(), before);
+
+    // The first failing precondition is the one reported.
+    match store
+        .transact(vec![
+            update_write("/x/missing", "m", 1),
+            create_write("/x/a", "again"),
+        ])
+        .await
+    {
+        Err(StoreError::NotFound(key)) => assert_eq!(key, "/x/missing"),
+        other => panic!("an update of a missing key must fail, got {other:?}"),
+    }
+    match store
+        .transact(vec![
+            update_write("/x/counter", "2", revisions[0]),
+            create_write("/x/a", "again"),
+        ])
+        .await
+    {
+        Err(StoreError::AlreadyExists(key)) => assert_eq!(key, "/x/a"),
+        other => panic!("creating an existing key must fail, got {other:?}"),
+    }
+    let (kv, _) = store.get("/x/counter", None).await.unwrap();
+    assert_eq!(
+        kv.unwrap().value,
+        b("1"),
+        "nothing of a failed transaction is written"
+    );
+
+    // One key twice is refused before anything is tried.
+    assert!(matches!(
+        store
+            .transact(vec![create_write("/x/c", "1"), create_write("/x/c", "2"),])
+            .await,
+        Err(StoreError::Backend(_))
+    ));
+    assert_quiet(&mut watch).await;
+}
+
 /// Declares one test per check and backend.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
@@ -718,4 +827,5 @@ conformance!(
     compaction,
     concurrent_creates_one_winner,
     concurrent_writers_lose_nothing,
+    transactions_write_all_or_nothing,
 );

@@ -1,6 +1,7 @@
 //! Namespaces as resource boundaries, end to end with the real kubectl: a SupervisorNamespace
 //! becomes a Namespace with its quota, limit range and role bindings; quota and limit range
-//! admission refuse what does not fit with upstream's messages, exactly under concurrency;
+//! admission refuse what does not fit with upstream's messages, exactly under concurrency,
+//! and a write that fails charges nothing;
 //! usage shows in `kubectl get` and `describe`; edits take effect; deletion removes the
 //! namespace and its contents; a group member creates a namespace from a template; invalid
 //! configurations are 422 with a field path.
@@ -124,6 +125,17 @@ fn supervisor_namespace_enforces_its_limits() {
         small["spec"]["containers"][0]["resources"]["requests"]["memory"],
         "64Mi"
     );
+
+    // A create that fails in the store (the name is taken) charges nothing: the charge and
+    // the object are one transaction.
+    let err = server.fails_stdin(&["create", "-n", "team-a", "-f", "-"], &pod("small", None));
+    assert!(
+        err.contains("AlreadyExists") || err.contains("already exists"),
+        "{err}"
+    );
+    let quota = server.json(&["get", "resourcequota", "visor-limits", "-n", "team-a"]);
+    assert_eq!(quota["status"]["used"]["pods"], "1", "{quota}");
+    assert_eq!(quota["status"]["used"]["limits.cpu"], "250m", "{quota}");
 
     // A pod over the CPU limit: upstream's message.
     let err = server.fails_stdin(

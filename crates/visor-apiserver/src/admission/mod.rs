@@ -5,7 +5,7 @@
 //! [`mutate`] before defaulting and validation (LimitRange defaults; stamping a
 //! NamespaceRequest), and [`validate`] after them, just before the object is written
 //! (tenancy validation, LimitRange checks, allowed storage classes, and last the quota
-//! charge, so that nothing refused later has been charged).
+//! charge, which is written in one store transaction with the object).
 
 pub mod limitrange;
 pub mod quota;
@@ -53,17 +53,18 @@ pub(crate) async fn mutate(
     tenancy::admit(registry, scope, obj, old)
 }
 
-/// Validating admission: runs after validation, right before the write. With `dry_run` the
-/// checks run but no quota is charged.
+/// Validating admission: runs after validation, right before the write. Answers the write's
+/// quota charge, which the registry stores together with the object; with `dry_run` the
+/// checks run but there is no charge.
 pub(crate) async fn validate(
     registry: &Registry,
     scope: &Scope,
     obj: &Value,
     old: Option<&Value>,
     dry_run: bool,
-) -> ApiResult<()> {
+) -> ApiResult<Option<quota::Charge>> {
     let Some(ns) = scope.namespace.as_deref().filter(|_| scope.def.namespaced) else {
-        return Ok(());
+        return Ok(None);
     };
     let forbidden = |why: String| {
         ApiError::forbidden(format!(
@@ -103,5 +104,10 @@ pub(crate) async fn validate(
             }
         }
     }
-    quota::charge(registry, scope, old, obj, dry_run).await
+    let request = quota::ChargeRequest {
+        scope,
+        old,
+        new: obj,
+    };
+    quota::charge(registry, &request, dry_run).await
 }

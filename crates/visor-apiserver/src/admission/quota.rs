@@ -8,15 +8,16 @@
 //! controller has not counted yet is refused (`status unknown for quota`), and a charge that
 //! would pass `spec.hard` is refused (`exceeded quota: …, requested: …, used: …, limited: …`);
 //! (4) otherwise each touched quota's `status.used` is written with compare-and-swap on the
-//! revision it was read at; a lost race re-reads the quota from the store and starts again.
+//! revision it was read at, in one store transaction with the object itself; a lost race
+//! re-reads the quotas from the store and starts again.
 //!
 //! Guarantees: no quota's `status.used` ever passes its `spec.hard` through admission, and
 //! two writes never both spend the same units, whichever API server (sharing one store)
 //! admits them — the store's compare-and-swap orders them. Within one server, charges to a
 //! namespace are also serialised by a lock, so concurrent creates queue instead of retrying.
 //!
-//! Caveats, as upstream: the charge is written before the object; if the object's write then
-//! fails, the charge stays until the quota controller recounts. Deletes release nothing here:
+//! Because charge and object are one transaction, a write that fails (a name taken, a stale
+//! update) charges nothing, and a create costs one commit, not two. Deletes release nothing here:
 //! the quota controller recounts after them. Limits come from `spec.hard` directly, so an
 //! edited limit binds the next write even before the controller copies it to `status.hard`.
 
@@ -24,15 +25,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use serde_json::{Value, json};
-use visor_store::{Revision, StoreError};
+use tokio::sync::OwnedMutexGuard;
+use visor_store::{Revision, TxnWrite};
 
 use super::usage::{self, ResourceList};
 use crate::errors::{ApiError, ApiResult, qualified};
 use crate::object;
 use crate::registry::{Registry, Scope};
-
-/// How often a charge re-reads its quotas after losing a race to another writer.
-const CHARGE_RETRIES: usize = 64;
 
 /// The quotas of a namespace as this server last wrote them (the watch cache may lag behind
 /// its own writes), behind the lock that serialises this server's charges to them.
@@ -55,40 +54,82 @@ fn quota_prefix(namespace: &str) -> String {
     format!("/registry/core/resourcequotas/{namespace}/")
 }
 
+/// A write's charge to the quotas of its namespace, admitted but not yet stored: the quotas
+/// with the charge added, each with the revision it was read at. The registry stores them in
+/// one transaction with the object ([`Charge::writes`]), so a quota is charged exactly when the
+/// object is written. Holding a charge holds this server's lock on the namespace's quotas.
+pub(crate) struct Charge {
+    charged: OwnedMutexGuard<Charged>,
+    updates: Vec<(String, Revision, Value)>,
+}
+
+/// What a write needs to redo its charge against newer quotas.
+pub(crate) struct ChargeRequest<'a> {
+    pub scope: &'a Scope,
+    pub old: Option<&'a Value>,
+    pub new: &'a Value,
+}
+
+impl Charge {
+    /// The compare-and-swap writes of the charged quotas, to store with the object.
+    pub(crate) fn writes(&self) -> impl Iterator<Item = TxnWrite> + '_ {
+        self.updates
+            .iter()
+            .map(|(key, revision, quota)| TxnWrite::Update {
+                key: key.clone(),
+                value: object::to_storage_bytes(quota),
+                expected: *revision,
+            })
+    }
+
+    /// Whether `key` is one of the quotas this charge writes.
+    pub(crate) fn writes_key(&self, key: &str) -> bool {
+        self.updates.iter().any(|(k, _, _)| k == key)
+    }
+
+    /// Records the charge as stored, at `revisions` (one per [`Charge::writes`], in order), so
+    /// that this server's next charge builds on it even before the watch cache has it.
+    pub(crate) fn stored(mut self, revisions: &[Revision]) {
+        for ((key, _, quota), revision) in self.updates.drain(..).zip(revisions) {
+            self.charged.insert(key, (*revision, quota));
+        }
+    }
+
+    /// Evaluates the charge again after another writer changed a quota first: the quotas are
+    /// read from the store this time. Counts as one of the write's attempts.
+    pub(crate) async fn recharge(
+        mut self,
+        registry: &Registry,
+        request: &ChargeRequest<'_>,
+    ) -> ApiResult<Option<Charge>> {
+        for (key, _, _) in &self.updates {
+            self.charged.remove(key);
+        }
+        evaluate_all(registry, request, self.charged, true).await
+    }
+}
+
 /// Charges a create (`old` None) or update of `new` to the quotas of its namespace, or
-/// refuses it. With `dry_run` the checks run but nothing is written.
+/// refuses it. `None` when no quota constrains what the write adds; with `dry_run` the checks
+/// run and `None` is returned.
 pub(crate) async fn charge(
     registry: &Registry,
-    scope: &Scope,
-    old: Option<&Value>,
-    new: &Value,
+    request: &ChargeRequest<'_>,
     dry_run: bool,
-) -> ApiResult<()> {
+) -> ApiResult<Option<Charge>> {
+    let scope = request.scope;
     let Some(namespace) = scope.namespace.as_deref().filter(|_| scope.def.namespaced) else {
-        return Ok(());
+        return Ok(None);
     };
     let prefix = quota_prefix(namespace);
     let (cached, _) = registry.cache.list(&prefix);
     if cached.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let (group, resource) = (scope.def.group.as_str(), scope.def.plural.as_str());
     if (group, resource) == ("", "resourcequotas") {
         // A quota's own writes (and the status writes below) are not charged to quotas.
-        return Ok(());
-    }
-    let mut delta = usage::usage(group, resource, new);
-    if let Some(old) = old {
-        let before = usage::usage(group, resource, old);
-        // Only growth is charged; what an update frees is returned by the recount.
-        delta.retain(|k, v| {
-            let was = before.get(k).map_or(0, |b| b.nanos);
-            v.nanos -= was;
-            v.nanos > 0
-        });
-        if delta.is_empty() {
-            return Ok(());
-        }
+        return Ok(None);
     }
     // Quotas that constrain nothing this write charges are not touched (nor locked).
     let relevant = cached.iter().any(|(_, q)| {
@@ -97,52 +138,51 @@ pub(crate) async fn charge(
             .iter()
             .any(|k| usage::resource_covers(group, resource, k))
     });
-    if !relevant {
-        return Ok(());
+    if !relevant || delta(request).is_empty() {
+        return Ok(None);
     }
-    let lock = namespace_lock(&prefix);
-    let mut charged = lock.lock().await;
-    let mut from_store = false;
-    for _ in 0..CHARGE_RETRIES {
-        let quotas = read_quotas(registry, &prefix, &charged, from_store).await?;
-        let mut updates = Vec::new();
-        for (key, revision, quota) in quotas {
-            if let Some(next) = evaluate(group, resource, new, old, &delta, &quota)? {
-                updates.push((key, revision, next));
-            }
-        }
-        if dry_run {
-            return Ok(());
-        }
-        let mut lost_race = false;
-        for (key, revision, quota) in updates {
-            match registry
-                .store
-                .update(&key, object::to_storage_bytes(&quota), revision)
-                .await
-            {
-                Ok(written) => {
-                    charged.insert(key, (written, quota));
-                }
-                Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => {
-                    charged.remove(&key);
-                    lost_race = true;
-                    break;
-                }
-                Err(e) => return Err(ApiError::from_store(e, "", "resourcequotas", "")),
-            }
-        }
-        if !lost_race {
-            return Ok(());
-        }
-        from_store = true;
+    let charged = namespace_lock(&prefix).lock_owned().await;
+    let charge = evaluate_all(registry, request, charged, false).await?;
+    Ok(charge.filter(|_| !dry_run))
+}
+
+/// What the write adds: its usage, less the old object's on updates (only growth is charged;
+/// what an update frees is returned by the recount).
+fn delta(request: &ChargeRequest<'_>) -> ResourceList {
+    let (group, resource) = (
+        request.scope.def.group.as_str(),
+        request.scope.def.plural.as_str(),
+    );
+    let mut delta = usage::usage(group, resource, request.new);
+    if let Some(old) = request.old {
+        let before = usage::usage(group, resource, old);
+        delta.retain(|k, v| {
+            let was = before.get(k).map_or(0, |b| b.nanos);
+            v.nanos -= was;
+            v.nanos > 0
+        });
     }
-    Err(ApiError::conflict(
-        "",
-        "resourcequotas",
-        "",
-        "too many concurrent quota updates; try again",
-    ))
+    delta
+}
+
+async fn evaluate_all(
+    registry: &Registry,
+    request: &ChargeRequest<'_>,
+    charged: OwnedMutexGuard<Charged>,
+    from_store: bool,
+) -> ApiResult<Option<Charge>> {
+    let scope = request.scope;
+    let (group, resource) = (scope.def.group.as_str(), scope.def.plural.as_str());
+    let namespace = scope.namespace.as_deref().unwrap_or_default();
+    let delta = delta(request);
+    let quotas = read_quotas(registry, &quota_prefix(namespace), &charged, from_store).await?;
+    let mut updates = Vec::new();
+    for (key, revision, quota) in quotas {
+        if let Some(next) = evaluate(group, resource, request.new, request.old, &delta, &quota)? {
+            updates.push((key, revision, next));
+        }
+    }
+    Ok((!updates.is_empty()).then_some(Charge { charged, updates }))
 }
 
 fn hard_keys(quota: &Value) -> Vec<String> {
