@@ -45,15 +45,7 @@ struct Encoder {
 impl Encoder {
     fn event(&mut self, kind: &str, obj: &CachedObject) -> Bytes {
         match self.format {
-            WatchFormat::Json if self.def.shared_storage.is_none() => {
-                let mut out = BytesMut::with_capacity(obj.json.len() + 32);
-                out.put_slice(b"{\"type\":\"");
-                out.put_slice(kind.as_bytes());
-                out.put_slice(b"\",\"object\":");
-                out.put_slice(&obj.json);
-                out.put_slice(b"}\n");
-                out.freeze()
-            }
+            WatchFormat::Json if self.def.shared_storage.is_none() => framed(kind, &obj.json),
             WatchFormat::Json => {
                 let converted = self
                     .def
@@ -63,9 +55,13 @@ impl Encoder {
                     .unwrap_or_default();
                 line(json!({ "type": kind, "object": converted }))
             }
-            WatchFormat::Metadata => {
-                line(json!({ "type": kind, "object": table::partial_metadata(&obj.value()) }))
-            }
+            WatchFormat::Metadata => match crate::object::partial_metadata_bytes(&obj.json) {
+                // The metadata's text as stored: no parse of the whole object per watcher.
+                Some(partial) => framed(kind, &partial),
+                None => {
+                    line(json!({ "type": kind, "object": table::partial_metadata(&obj.value()) }))
+                }
+            },
             WatchFormat::Table(include) => {
                 let mut value = obj.value();
                 if let Some(shared) = &self.def.shared_storage {
@@ -98,6 +94,17 @@ impl Encoder {
             "object": { "kind": self.def.kind, "apiVersion": self.def.api_version(), "metadata": metadata },
         }))
     }
+}
+
+/// One watch event line around an object that is already JSON text.
+fn framed(kind: &str, object: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(object.len() + 32);
+    out.put_slice(b"{\"type\":\"");
+    out.put_slice(kind.as_bytes());
+    out.put_slice(b"\",\"object\":");
+    out.put_slice(object);
+    out.put_slice(b"}\n");
+    out.freeze()
 }
 
 fn line(value: Value) -> Bytes {

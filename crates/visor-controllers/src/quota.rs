@@ -1,6 +1,7 @@
 //! The quota controller: recounts what each ResourceQuota's namespace uses, copies
-//! `spec.hard` to `status.hard`, and repairs drift in `status.used` — usage admission charged
-//! for writes that then failed, and usage freed by deletions (admission only ever adds).
+//! `spec.hard` to `status.hard`, and repairs drift in `status.used` — usage freed by
+//! deletions and shrinking updates (admission only ever adds), and objects made before the
+//! quota.
 //!
 //! Flow: a namespace is marked for a recount when one of its quotas' limits change (not on
 //! admission's charges, which only touch `status.used`), when a pod,
@@ -9,17 +10,17 @@
 //! A recount reads the quota, lists (consistently) every kind its keys count, and computes
 //! the usage with the same evaluators admission uses.
 //!
-//! Guarantees: the controller never lowers `status.used` below what admission has charged
-//! for writes that may still land. Admission charges a quota, then writes the object, so a
-//! recount taken in between would miss that object. A lower count is therefore written only
-//! when the quota has not changed for [`SETTLE`] since it was read (so every charge in it is
-//! at least that old, and its object written or failed), and with the quota's resource
-//! version as precondition. Higher counts (objects admission never saw, such as those made
-//! before the quota) are written at once: over-counting only refuses, never over-commits.
+//! Guarantees: the controller never lowers `status.used` below what admission has charged.
+//! Admission writes its charge and the object in one store transaction, but a recount reads
+//! the quota and the kinds it counts one after another, so a charged object can land between
+//! the two reads. A lower count is therefore written only when the quota has not changed for
+//! [`SETTLE`] since it was read (so every charge in it is at least that old and its object in
+//! the lists), and with the quota's resource version as precondition. Higher counts (objects
+//! admission never saw, such as those made before the quota) are written at once:
+//! over-counting only refuses, never over-commits.
 //!
 //! Caveats: under a steady stream of charges to one quota, releases wait for a pause of
-//! [`SETTLE`]; an object write delayed by more than [`SETTLE`] after its charge could be
-//! missed by one recount.
+//! [`SETTLE`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};

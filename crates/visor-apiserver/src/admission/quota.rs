@@ -35,7 +35,7 @@ use crate::registry::{Registry, Scope};
 
 /// The quotas of a namespace as this server last wrote them (the watch cache may lag behind
 /// its own writes), behind the lock that serialises this server's charges to them.
-type Charged = HashMap<String, (Revision, Value)>;
+type Charged = HashMap<String, (Revision, Arc<Value>)>;
 
 static NAMESPACE_LOCKS: LazyLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Charged>>>>> =
     LazyLock::new(Default::default);
@@ -47,6 +47,36 @@ fn namespace_lock(prefix: &str) -> Arc<tokio::sync::Mutex<Charged>> {
         .entry(prefix.to_string())
         .or_default()
         .clone()
+}
+
+/// Each namespace's quotas as last parsed from the watch cache, by key, with the revision
+/// parsed: every charged write reads them, and they change far less often than that.
+type Parsed = HashMap<String, (Revision, Arc<Value>)>;
+
+static PARSED: LazyLock<Mutex<HashMap<String, Parsed>>> = LazyLock::new(Default::default);
+
+/// The namespace's quotas from the watch cache, each parsed once per revision.
+fn cached_quotas(registry: &Registry, prefix: &str) -> Vec<(String, Revision, Arc<Value>)> {
+    let (cached, _) = registry.cache.list(prefix);
+    if cached.is_empty() {
+        return Vec::new();
+    }
+    let mut parsed = PARSED.lock().expect("parsed quota map");
+    let known = parsed.remove(prefix).unwrap_or_default();
+    let mut current = Parsed::with_capacity(cached.len());
+    let quotas = cached
+        .iter()
+        .map(|(key, obj)| {
+            let value = match known.get(&**key) {
+                Some((revision, value)) if *revision == obj.revision => value.clone(),
+                _ => Arc::new(obj.value()),
+            };
+            current.insert(key.to_string(), (obj.revision, value.clone()));
+            (key.to_string(), obj.revision, value)
+        })
+        .collect();
+    parsed.insert(prefix.to_string(), current);
+    quotas
 }
 
 /// The storage prefix of a namespace's ResourceQuotas.
@@ -91,7 +121,7 @@ impl Charge {
     /// that this server's next charge builds on it even before the watch cache has it.
     pub(crate) fn stored(mut self, revisions: &[Revision]) {
         for ((key, _, quota), revision) in self.updates.drain(..).zip(revisions) {
-            self.charged.insert(key, (*revision, quota));
+            self.charged.insert(key, (*revision, Arc::new(quota)));
         }
     }
 
@@ -122,7 +152,7 @@ pub(crate) async fn charge(
         return Ok(None);
     };
     let prefix = quota_prefix(namespace);
-    let (cached, _) = registry.cache.list(&prefix);
+    let cached = cached_quotas(registry, &prefix);
     if cached.is_empty() {
         return Ok(None);
     }
@@ -132,9 +162,8 @@ pub(crate) async fn charge(
         return Ok(None);
     }
     // Quotas that constrain nothing this write charges are not touched (nor locked).
-    let relevant = cached.iter().any(|(_, q)| {
-        let quota = q.value();
-        hard_keys(&quota)
+    let relevant = cached.iter().any(|(_, _, quota)| {
+        hard_keys(quota)
             .iter()
             .any(|k| usage::resource_covers(group, resource, k))
     });
@@ -200,7 +229,7 @@ async fn read_quotas(
     prefix: &str,
     charged: &Charged,
     from_store: bool,
-) -> ApiResult<Vec<(String, Revision, Value)>> {
+) -> ApiResult<Vec<(String, Revision, Arc<Value>)>> {
     if from_store {
         let result = registry
             .store
@@ -215,17 +244,22 @@ async fn read_quotas(
         return Ok(result
             .kvs
             .iter()
-            .filter_map(|kv| Some((kv.key.clone(), kv.mod_revision, object::from_kv(kv)?)))
+            .filter_map(|kv| {
+                Some((
+                    kv.key.clone(),
+                    kv.mod_revision,
+                    Arc::new(object::from_kv(kv)?),
+                ))
+            })
             .collect());
     }
-    let (cached, _) = registry.cache.list(prefix);
-    Ok(cached
-        .iter()
-        .map(|(key, obj)| match charged.get(&**key) {
-            Some((revision, value)) if *revision > obj.revision => {
-                (key.to_string(), *revision, value.clone())
+    Ok(cached_quotas(registry, prefix)
+        .into_iter()
+        .map(|(key, cached_revision, cached)| match charged.get(&key) {
+            Some((revision, value)) if *revision > cached_revision => {
+                (key, *revision, value.clone())
             }
-            _ => (key.to_string(), obj.revision, obj.value()),
+            _ => (key, cached_revision, cached),
         })
         .collect())
 }
