@@ -45,8 +45,11 @@ use handler::{Handler, ServerInfo};
 use kinds::Catalog;
 use registry::{Registry, Scope};
 
-/// Events kept for watches that resume from a past resource version.
-const WATCH_HISTORY: usize = 10_000;
+/// Events kept for watches that resume from a past resource version: upstream's largest
+/// per-resource watch cache. Fewer made busy clusters (thousands of hosts renewing leases while
+/// pods churn) age out a reconnecting watcher's position within seconds, and each such
+/// watcher then re-lists everything, which costs more than the events it missed.
+const WATCH_HISTORY: usize = 100_000;
 /// The history window compaction keeps, as upstream's default.
 const COMPACTION_INTERVAL: Duration = Duration::from_secs(300);
 /// Namespaces every cluster has.

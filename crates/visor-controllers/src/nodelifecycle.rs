@@ -7,7 +7,8 @@
 //!    (as upstream's node lifecycle controller does, so clock skew between host and server does
 //!    not matter); a host is *unreachable* when that is longer ago than the grace period
 //!    (upstream's `node-monitor-grace-period`, 40 s). A host without a lease is measured from
-//!    when the controller first saw it.
+//!    when the controller first saw it. Before a host is declared unreachable its lease is read
+//!    afresh (a consistent read), so a watch lagging a busy server does not fail healthy hosts.
 //! 2. **Conditions and taints.** An unreachable host gets `Ready=Unknown` (reason
 //!    `NodeStatusUnknown`, "Kubelet stopped posting node status.") and the taints
 //!    `node.kubernetes.io/unreachable` with effects `NoSchedule` and `NoExecute`. A host that
@@ -115,6 +116,7 @@ pub async fn run(client: Client, config: Config) {
         return;
     }
     let recorder = Recorder::new(client.clone());
+    let lease_api: Api<Lease> = Api::namespaced(client.clone(), NODE_LEASE_NAMESPACE);
     let mut seen: HashMap<String, Seen> = HashMap::new();
     // (node, taint key) → when the controller first saw the NoExecute taint.
     let mut tainted_since: HashMap<(String, String), Instant> = HashMap::new();
@@ -148,7 +150,23 @@ pub async fn run(client: Client, config: Config) {
                 entry.renew_time = renew;
                 entry.changed_at = now_instant;
             }
-            let stale = now_instant.duration_since(entry.changed_at) > config.monitor_grace;
+            let mut stale = now_instant.duration_since(entry.changed_at) > config.monitor_grace;
+            if stale
+                && ready_status(node) != Some("Unknown")
+                && let Ok(Some(lease)) = lease_api.get_opt(&name).await
+            {
+                // The lease watch can lag a busy server by more than the grace; a consistent
+                // read confirms the silence before a host is declared lost.
+                let fresh = lease
+                    .spec
+                    .and_then(|s| s.renew_time)
+                    .map(|t| t.0.to_string());
+                if fresh != entry.renew_time {
+                    entry.renew_time = fresh;
+                    entry.changed_at = now_instant;
+                    stale = false;
+                }
+            }
             let health = if stale {
                 Health::Unreachable
             } else if ready_status(node) == Some("True") {

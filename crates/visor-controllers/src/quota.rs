@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
 };
@@ -110,41 +110,43 @@ pub async fn run(client: Client) {
     });
     let quota_events = {
         let dirty = dirty.clone();
-        watcher(Api::<ResourceQuota>::all(client.clone()))
+        let stream = watcher(Api::<ResourceQuota>::all(client.clone()))
             .reflect(writer)
-            .applied_objects()
-            .try_for_each(move |q| {
-                // Admission's charges change only `status.used`; a recount is due when the
-                // limits changed or a key is not counted yet, not on every charge.
-                if needs_recount(&q)
-                    && let Some(ns) = q.namespace()
-                {
-                    dirty.mark(&ns);
-                }
-                futures::future::ready(Ok(()))
-            })
+            .applied_objects();
+        follow("quota", stream, move |q| {
+            // Admission's charges change only `status.used`; a recount is due when the
+            // limits changed or a key is not counted yet, not on every charge.
+            if needs_recount(&q)
+                && let Some(ns) = q.namespace()
+            {
+                dirty.mark(&ns);
+            }
+        })
     };
     let pods = {
         let (dirty, quotas) = (dirty.clone(), quotas.clone());
-        watcher(Api::<Pod>::all(client.clone())).try_for_each(move |event| {
-            // A pod frees its usage when deleted or when it finishes.
-            let freed = match &event {
-                Event::Delete(p) => Some(p),
-                Event::Apply(p)
-                    if matches!(
-                        p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                        Some("Succeeded" | "Failed")
-                    ) =>
-                {
-                    Some(p)
+        follow(
+            "pod",
+            watcher(Api::<Pod>::all(client.clone())),
+            move |event| {
+                // A pod frees its usage when deleted or when it finishes.
+                let freed = match &event {
+                    Event::Delete(p) => Some(p),
+                    Event::Apply(p)
+                        if matches!(
+                            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                            Some("Succeeded" | "Failed")
+                        ) =>
+                    {
+                        Some(p)
+                    }
+                    _ => None,
+                };
+                if let Some(ns) = freed.and_then(|p| p.namespace()) {
+                    mark_if_quoted(&quotas, &dirty, &ns);
                 }
-                _ => None,
-            };
-            if let Some(ns) = freed.and_then(|p| p.namespace()) {
-                mark_if_quoted(&quotas, &dirty, &ns);
-            }
-            futures::future::ready(Ok(()))
-        })
+            },
+        )
     };
     let deletions = futures::future::join_all([
         deletions::<PersistentVolumeClaim>(&client, &quotas, &dirty),
@@ -166,8 +168,8 @@ pub async fn run(client: Client) {
         }
     };
     tokio::select! {
-        r = quota_events => tracing::error!(?r, "quota watch ended"),
-        r = pods => tracing::error!(?r, "pod watch ended"),
+        _ = quota_events => tracing::error!("quota watch ended"),
+        _ = pods => tracing::error!("pod watch ended"),
         _ = deletions => tracing::error!("deletion watches ended"),
         _ = resync => {}
         _ = work(ctx) => {}
@@ -223,17 +225,31 @@ where
     let (quotas, dirty) = (quotas.clone(), dirty.clone());
     Box::pin(async move {
         let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
-        let _ = stream
-            .try_for_each(|event| {
-                if let Event::Delete(obj) = event
-                    && let Some(ns) = obj.namespace()
-                {
-                    mark_if_quoted(&quotas, &dirty, &ns);
-                }
-                futures::future::ready(Ok(()))
-            })
-            .await;
+        follow("deletion", stream, |event| {
+            if let Event::Delete(obj) = event
+                && let Some(ns) = obj.namespace()
+            {
+                mark_if_quoted(&quotas, &dirty, &ns);
+            }
+        })
+        .await;
     })
+}
+
+/// Feeds every item of a watch to `on_item` until the stream ends. The watcher retries after
+/// errors (an expired resource version means a re-list) with back-off, so an error is logged
+/// and the watch goes on: ending there would stop the controller for good.
+async fn follow<T, S>(what: &str, stream: S, mut on_item: impl FnMut(T))
+where
+    S: futures::Stream<Item = Result<T, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(item) => on_item(item),
+            Err(e) => tracing::warn!(error = %e, "{what} watch failed; retrying"),
+        }
+    }
 }
 
 /// The worker: recounts marked namespaces one at a time.

@@ -97,6 +97,11 @@ pub struct OciRuntime {
     /// Serialises bridge creation within this process (across processes it is made safe by
     /// re-checking after a failed create).
     bridge_lock: tokio::sync::Mutex<()>,
+    /// Whether this process has made sure the bridge is there. Checked once rather than per
+    /// sandbox: under the lock, fifty pods starting at once would wait for each other's
+    /// checks. Cleared when attaching a sandbox fails, so that a bridge deleted behind the
+    /// agent's back is made again for the next sandbox.
+    bridge_ready: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -276,6 +281,7 @@ impl OciRuntime {
             runc_version,
             options,
             bridge_lock: tokio::sync::Mutex::new(()),
+            bridge_ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -418,13 +424,18 @@ impl OciRuntime {
     }
 
     async fn setup_network(&self, id: &str) -> anyhow::Result<(Ipv4Addr, PathBuf)> {
-        {
+        use std::sync::atomic::Ordering;
+        if !self.bridge_ready.load(Ordering::Acquire) {
             let _guard = self.bridge_lock.lock().await;
-            net::ensure_bridge(&self.options.bridge, self.cidr).await?;
+            if !self.bridge_ready.load(Ordering::Acquire) {
+                net::ensure_bridge(&self.options.bridge, self.cidr).await?;
+                self.bridge_ready.store(true, Ordering::Release);
+            }
         }
         let ip = self.ipam.allocate(id)?;
         let net = SandboxNet::for_sandbox(id);
         if let Err(e) = net.create(&self.options.bridge, self.cidr, ip).await {
+            self.bridge_ready.store(false, Ordering::Release);
             let _ = self.ipam.release(id);
             return Err(e);
         }

@@ -3,11 +3,13 @@
 //!
 //! `SHIM_PROGRAM shim start DIR` (see [`shim_main`]) reads `DIR/shim.json`, detaches
 //! (fork, `setsid`, fork again, stdio to `/dev/null`) and, as a child subreaper, runs
-//! `runc create` + `runc start`. The first process waits until the container has started (or
-//! failed to) and exits 0 (or 1 with the reason on stderr), so the agent's `start_container`
-//! returns only then. The detached shim copies the container's output into the CRI log,
-//! reaps the container's init process, records its exit code, finish time and whether the
-//! cgroup saw an OOM kill in `DIR/exit.json`, and finally runs `runc delete`.
+//! `runc run --detach`: one runc process per container start rather than `runc create` and
+//! `runc start`, since each runc invocation is a Go program start that costs milliseconds of
+//! CPU. The first process waits until the container has started (or failed to) and exits 0
+//! (or 1 with the reason on stderr), so the agent's `start_container` returns only then. The
+//! detached shim copies the container's output into the CRI log, reaps the container's init
+//! process, records its exit code, finish time and whether the cgroup saw an OOM kill in
+//! `DIR/exit.json`, and finally runs `runc delete`.
 //!
 //! `SHIM_PROGRAM shim exec-tty …` is the helper for interactive execs with a terminal: it
 //! runs `runc exec --detach --tty --console-socket` as a subreaper (runc then hands the pty
@@ -185,10 +187,13 @@ fn supervise(dir: &Path, config: &ShimConfig, mut report: File) -> i32 {
     };
     let pid_file = dir.join(INIT_PID);
     let _ = std::fs::remove_file(&pid_file);
+    // Read before the container runs, so that only its own OOM kills count: its cgroup is
+    // normally new (no count yet), but runc reuses one left over under the same path.
+    let oom_before = oom_kills(&config.memory_cgroup);
 
-    let mut create = runc(&config.runc, &config.runc_root);
-    create
-        .arg("create")
+    let mut run = runc(&config.runc, &config.runc_root);
+    run.arg("run")
+        .arg("--detach")
         .arg("--bundle")
         .arg(&config.bundle)
         .arg("--pid-file")
@@ -201,8 +206,8 @@ fn supervise(dir: &Path, config: &ShimConfig, mut report: File) -> i32 {
             Ok(l) => l,
             Err(e) => return fail(&mut report, format!("console socket: {e}")),
         };
-        create.arg("--console-socket").arg(format!("@{name}"));
-        create.stdout(Stdio::null()).stderr(Stdio::piped());
+        run.arg("--console-socket").arg(format!("@{name}"));
+        run.stdout(Stdio::null()).stderr(Stdio::piped());
         Some(listener)
     } else {
         None
@@ -214,13 +219,13 @@ fn supervise(dir: &Path, config: &ShimConfig, mut report: File) -> i32 {
         ) else {
             return fail(&mut report, "creating output pipes".to_string());
         };
-        create.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
+        run.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
         (Some(out_r), Some(err_r))
     } else {
         (None, None)
     };
-    create.arg(&config.id);
-    let mut child = match create.spawn() {
+    run.arg(&config.id);
+    let mut child = match run.spawn() {
         Ok(c) => c,
         Err(e) => {
             return fail(
@@ -230,7 +235,7 @@ fn supervise(dir: &Path, config: &ShimConfig, mut report: File) -> i32 {
         }
     };
     // Our copies of the pipes' write ends must go, or the copiers would never see the end.
-    drop(create);
+    drop(run);
     let mut master = None;
     if let Some(listener) = console {
         let received = listener
@@ -248,14 +253,14 @@ fn supervise(dir: &Path, config: &ShimConfig, mut report: File) -> i32 {
                 let _ = child.wait();
                 return fail(
                     &mut report,
-                    format!("runc create: {} {}", runc_error_text(&stderr), e),
+                    format!("runc run: {} {}", runc_error_text(&stderr), e),
                 );
             }
         }
     }
     let status = match child.wait() {
         Ok(s) => s,
-        Err(e) => return fail(&mut report, format!("waiting for runc create: {e}")),
+        Err(e) => return fail(&mut report, format!("waiting for runc run: {e}")),
     };
     if !status.success() {
         let mut text = String::new();
@@ -267,7 +272,7 @@ fn supervise(dir: &Path, config: &ShimConfig, mut report: File) -> i32 {
         }
         return fail(
             &mut report,
-            format!("runc create failed ({status}): {}", runc_error_text(&text)),
+            format!("runc run failed ({status}): {}", runc_error_text(&text)),
         );
     }
     let init_pid: i32 = match std::fs::read_to_string(&pid_file)
@@ -275,9 +280,8 @@ fn supervise(dir: &Path, config: &ShimConfig, mut report: File) -> i32 {
         .and_then(|s| s.trim().parse().ok())
     {
         Some(p) => p,
-        None => return fail(&mut report, "runc create wrote no pid file".to_string()),
+        None => return fail(&mut report, "runc run wrote no pid file".to_string()),
     };
-    let oom_before = oom_kills(&config.memory_cgroup);
 
     if let Some(master) = master.take() {
         let log = log.clone();
@@ -297,24 +301,6 @@ fn supervise(dir: &Path, config: &ShimConfig, mut report: File) -> i32 {
         }
     }
 
-    let started = runc(&config.runc, &config.runc_root)
-        .args(["start", &config.id])
-        .stdin(Stdio::null())
-        .output();
-    match started {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => {
-            return fail(
-                &mut report,
-                format!(
-                    "runc start failed ({}): {}",
-                    out.status,
-                    runc_error_text(&String::from_utf8_lossy(&out.stderr))
-                ),
-            );
-        }
-        Err(e) => return fail(&mut report, format!("running runc start: {e}")),
-    }
     let record = Started {
         shim_pid: std::process::id() as i32,
         init_pid,

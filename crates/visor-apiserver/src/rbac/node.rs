@@ -7,7 +7,8 @@
 //!   run pods and their networking);
 //! - create its own Node, and get/update/patch it and its status — no other node's;
 //! - get, create, update and patch its own Lease `kube-node-lease/NAME`;
-//! - update and patch the status of pods bound to it (`spec.nodeName`), and delete them;
+//! - update and patch the status of pods bound to it (`spec.nodeName`), and delete them (a
+//!   pod that no longer exists may be "deleted" too, so the answer is its `404`);
 //! - get (or list/watch by name) the secrets, config maps and persistent volume claims that
 //!   pods bound to it reference — volumes, projected sources, `env[].valueFrom`, `envFrom`,
 //!   image pull secrets;
@@ -24,7 +25,7 @@
 //! set of `(resource, namespace, name)` its pods reference, with counts so that two pods
 //! referencing one secret keep it reachable until both are gone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
@@ -163,6 +164,9 @@ struct Index {
     /// Node → "resource/namespace/name" → how many of its pods reference it. Pods themselves
     /// are entered as "pods/namespace/name".
     by_node: HashMap<String, HashMap<String, u32>>,
+    /// Storage keys of every pod, bound or not: a node's delete of a pod that no longer
+    /// exists is let through to its `404` rather than refused.
+    existing: HashSet<String>,
 }
 
 fn entry_key(resource: &str, namespace: &str, name: &str) -> String {
@@ -201,6 +205,13 @@ impl Index {
     }
 
     fn apply(&mut self, key: &str, pod: Option<&Value>) {
+        if pod.is_some() {
+            if !self.existing.contains(key) {
+                self.existing.insert(key.to_string());
+            }
+        } else {
+            self.existing.remove(key);
+        }
         let refs = pod.and_then(PodRefs::parse);
         if self.pods.get(key) == refs.as_ref() {
             return;
@@ -279,6 +290,9 @@ impl NodeAuthorizer {
                 match (verb, sub) {
                     ("update" | "patch", "status") if bound() => allow("a pod bound to it"),
                     ("delete", "") if bound() => allow("a pod bound to it"),
+                    ("delete", "") if !self.pod_exists(&attrs.namespace, &attrs.name) => {
+                        allow("the pod does not exist (the request ends in 404)")
+                    }
                     ("get", "status") if bound() => allow("a pod bound to it"),
                     _ => None,
                 }
@@ -316,6 +330,14 @@ impl NodeAuthorizer {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .has(node, resource, namespace, name)
+    }
+
+    fn pod_exists(&self, namespace: &str, name: &str) -> bool {
+        self.index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .existing
+            .contains(&format!("{PODS_PREFIX}{namespace}/{name}"))
     }
 
     fn replace_all(&self, objects: &[(String, Value)]) {
@@ -495,6 +517,30 @@ mod tests {
         authz.apply("/registry/core/pods/team/a2", Some(&pod("a2", "n2", "s-a")));
         assert!(authz.authorize("n1", &get("secrets", "s-a")).is_none());
         assert!(authz.authorize("n2", &get("secrets", "s-a")).is_some());
+    }
+
+    #[test]
+    fn a_node_deletes_its_own_pods_and_learns_when_one_is_gone() {
+        let authz = NodeAuthorizer::default();
+        authz.apply(
+            "/registry/core/pods/team/mine",
+            Some(&pod("mine", "n1", "s")),
+        );
+        authz.apply(
+            "/registry/core/pods/team/theirs",
+            Some(&pod("theirs", "n2", "s")),
+        );
+        let mut unbound = pod("pending", "n1", "s");
+        unbound["spec"]["nodeName"] = Value::Null;
+        authz.apply("/registry/core/pods/team/pending", Some(&unbound));
+        let delete = |name: &str| Attributes::resource("delete", "", "pods", "team", name);
+        assert!(authz.authorize("n1", &delete("mine")).is_some());
+        assert!(authz.authorize("n1", &delete("theirs")).is_none());
+        assert!(authz.authorize("n1", &delete("pending")).is_none());
+        // Gone already: the request goes on to its 404 instead of a misleading 403.
+        assert!(authz.authorize("n1", &delete("never-was")).is_some());
+        authz.apply("/registry/core/pods/team/theirs", None);
+        assert!(authz.authorize("n1", &delete("theirs")).is_some());
     }
 
     #[test]
