@@ -6,15 +6,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::users::CertUser;
 use common::{Backend, TestServer};
 use rcgen::{CertificateParams, KeyPair};
 use serde_json::{Value, json};
-use tempfile::TempDir;
-use visor::kubeconfig::Kubeconfig;
 
 /// A POST /join answer: the status code and the body (a Status on errors).
 fn join(server: &TestServer, token: &str, body: &Value) -> (u16, Value) {
@@ -55,9 +53,7 @@ fn csr(names: &[&str]) -> (KeyPair, String) {
 
 /// A host that joined: its kubeconfig holds the issued certificate and its own key.
 struct Host {
-    kubeconfig: PathBuf,
-    cache: TempDir,
-    _dir: TempDir,
+    user: CertUser,
 }
 
 impl Host {
@@ -72,51 +68,21 @@ impl Host {
             serving.starts_with("-----BEGIN CERTIFICATE-----"),
             "{serving}"
         );
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join("node.kubeconfig");
-        Kubeconfig::admin(
-            &format!("https://127.0.0.1:{}", server.port),
+        let user = CertUser::with_certificate(
+            server,
+            "node",
             answer["caCertificate"].as_str().unwrap(),
             answer["clientCertificate"].as_str().unwrap(),
             &client_key.serialize_pem(),
-        )
-        .write(&kubeconfig)
-        .unwrap();
-        Host {
-            kubeconfig,
-            cache: tempfile::tempdir().unwrap(),
-            _dir: dir,
-        }
+        );
+        Host { user }
     }
 
     fn kubectl(&self, args: &[&str], input: Option<&str>) -> Output {
-        let mut child = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.cache.path())
-            .arg("--request-timeout=30s")
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running kubectl");
-        if let Some(input) = input {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
+        match input {
+            Some(input) => self.user.kubectl_stdin(args, input),
+            None => self.user.kubectl(args),
         }
-        child.wait_with_output().unwrap()
     }
 
     fn ok(&self, args: &[&str], input: Option<&str>) -> String {

@@ -20,10 +20,21 @@ impl CertUser {
     pub fn new(server: &TestServer, name: &str, groups: &[&str]) -> CertUser {
         let pki = visor_apiserver::pki::Pki::load_or_create(server.data_dir(), &[]).unwrap();
         let (cert, key) = pki.issue_client_cert(name, groups).unwrap();
+        CertUser::with_certificate(server, name, pki.ca_pem(), &cert, &key)
+    }
+
+    /// A user holding a certificate issued some other way (a host's, from `POST /join`).
+    pub fn with_certificate(
+        server: &TestServer,
+        name: &str,
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> CertUser {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join(format!("{name}.kubeconfig"));
         let url = format!("https://127.0.0.1:{}", server.port);
-        Kubeconfig::admin(&url, pki.ca_pem(), &cert, &key)
+        Kubeconfig::admin(&url, ca_pem, cert_pem, key_pem)
             .write(&kubeconfig)
             .unwrap();
         CertUser {
