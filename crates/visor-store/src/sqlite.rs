@@ -163,6 +163,12 @@ fn value_bytes(v: Option<Vec<u8>>) -> Bytes {
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Without a stable plan, the bundled build (STAT4) re-prepares a cached statement whenever
+    // a key bound to it changes: a recompile on almost every read and write.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(())
 }
@@ -264,6 +270,23 @@ impl Shared {
             pool.push(conn);
         }
     }
+}
+
+/// Runs `f` inside one read transaction, so everything it reads comes from one committed
+/// snapshot. The statements are cached: parsing `BEGIN` for every read showed in profiles.
+fn in_snapshot<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+    conn.prepare_cached("BEGIN")
+        .and_then(|mut s| s.execute([]))
+        .map_err(backend)?;
+    let result = f(conn);
+    // A read transaction has nothing to undo; ending it either way releases the snapshot.
+    let end = conn
+        .prepare_cached("COMMIT")
+        .and_then(|mut s| s.execute([]))
+        .map_err(backend);
+    let value = result?;
+    end?;
+    Ok(value)
 }
 
 /// Reads the current and compacted revisions inside the caller's read transaction.
@@ -555,7 +578,18 @@ fn read_range(
     limit: usize,
     revision: Option<Revision>,
 ) -> Result<RangeResult> {
-    let tx = conn.unchecked_transaction().map_err(backend)?;
+    in_snapshot(conn, |tx| {
+        read_range_in(tx, prefix, start_after, limit, revision)
+    })
+}
+
+fn read_range_in(
+    tx: &Connection,
+    prefix: &str,
+    start_after: Option<&str>,
+    limit: usize,
+    revision: Option<Revision>,
+) -> Result<RangeResult> {
     let (current, compacted) = head(&tx)?;
     let at = check_revision(revision, current, compacted)?;
 
@@ -604,7 +638,14 @@ fn read_get(
     key: &str,
     revision: Option<Revision>,
 ) -> Result<(Option<KeyValue>, Revision)> {
-    let tx = conn.unchecked_transaction().map_err(backend)?;
+    in_snapshot(conn, |tx| read_get_in(tx, key, revision))
+}
+
+fn read_get_in(
+    tx: &Connection,
+    key: &str,
+    revision: Option<Revision>,
+) -> Result<(Option<KeyValue>, Revision)> {
     let (current, compacted) = head(&tx)?;
     let at = check_revision(revision, current, compacted)?;
     let kv = if at == current {
@@ -647,7 +688,10 @@ fn read_get(
 /// Reads up to [`REPLAY_PAGE`] events under `prefix` with revisions in `from..=to`. Fails with
 /// [`StoreError::Compacted`] if part of that history is gone.
 fn read_log(conn: &Connection, prefix: &str, from: Revision, to: Revision) -> Result<Vec<Event>> {
-    let tx = conn.unchecked_transaction().map_err(backend)?;
+    in_snapshot(conn, |tx| read_log_in(tx, prefix, from, to))
+}
+
+fn read_log_in(tx: &Connection, prefix: &str, from: Revision, to: Revision) -> Result<Vec<Event>> {
     let (_, compacted) = head(&tx)?;
     if from < compacted {
         return Err(StoreError::Compacted {
