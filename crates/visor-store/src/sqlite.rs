@@ -590,7 +590,7 @@ fn read_range_in(
     limit: usize,
     revision: Option<Revision>,
 ) -> Result<RangeResult> {
-    let (current, compacted) = head(&tx)?;
+    let (current, compacted) = head(tx)?;
     let at = check_revision(revision, current, compacted)?;
 
     let mut low = prefix.as_bytes().to_vec();
@@ -646,7 +646,7 @@ fn read_get_in(
     key: &str,
     revision: Option<Revision>,
 ) -> Result<(Option<KeyValue>, Revision)> {
-    let (current, compacted) = head(&tx)?;
+    let (current, compacted) = head(tx)?;
     let at = check_revision(revision, current, compacted)?;
     let kv = if at == current {
         tx.prepare_cached(SQL_CURRENT)
@@ -692,7 +692,7 @@ fn read_log(conn: &Connection, prefix: &str, from: Revision, to: Revision) -> Re
 }
 
 fn read_log_in(tx: &Connection, prefix: &str, from: Revision, to: Revision) -> Result<Vec<Event>> {
-    let (_, compacted) = head(&tx)?;
+    let (_, compacted) = head(tx)?;
     if from < compacted {
         return Err(StoreError::Compacted {
             requested: from,

@@ -6,6 +6,14 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Position of `mi_option_purge_delay` in mimalloc 3's `mi_option_e` (`include/mimalloc.h`);
+/// the Rust bindings name only the options of older releases.
+const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> std::process::ExitCode {
+    // Hand freed pages back after 10 ms instead of a second: an idle server holds about
+    // 65 MiB instead of 80 MiB.
+    // SAFETY: mimalloc's option setter is not thread-safe; this runs before any thread starts.
+    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 10) };
     visor::cli::main()
 }
