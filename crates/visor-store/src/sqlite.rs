@@ -235,7 +235,7 @@ impl SqliteStore {
 }
 
 impl Shared {
-    /// Runs `f` on a pooled read connection on the blocking pool.
+    /// Runs `f` on a pooled read connection on the blocking pool, inside one read transaction.
     async fn read<R, F>(self: &Arc<Self>, f: F) -> Result<R>
     where
         R: Send + 'static,
@@ -244,7 +244,7 @@ impl Shared {
         let shared = self.clone();
         tokio::task::spawn_blocking(move || {
             let conn = shared.take_reader()?;
-            let result = f(&conn);
+            let result = in_snapshot(&conn, f);
             shared.put_reader(conn);
             result
         })
@@ -572,18 +572,6 @@ impl Writer {
 }
 
 fn read_range(
-    conn: &Connection,
-    prefix: &str,
-    start_after: Option<&str>,
-    limit: usize,
-    revision: Option<Revision>,
-) -> Result<RangeResult> {
-    in_snapshot(conn, |tx| {
-        read_range_in(tx, prefix, start_after, limit, revision)
-    })
-}
-
-fn read_range_in(
     tx: &Connection,
     prefix: &str,
     start_after: Option<&str>,
@@ -634,14 +622,6 @@ fn read_range_in(
 }
 
 fn read_get(
-    conn: &Connection,
-    key: &str,
-    revision: Option<Revision>,
-) -> Result<(Option<KeyValue>, Revision)> {
-    in_snapshot(conn, |tx| read_get_in(tx, key, revision))
-}
-
-fn read_get_in(
     tx: &Connection,
     key: &str,
     revision: Option<Revision>,
@@ -687,11 +667,7 @@ fn read_get_in(
 
 /// Reads up to [`REPLAY_PAGE`] events under `prefix` with revisions in `from..=to`. Fails with
 /// [`StoreError::Compacted`] if part of that history is gone.
-fn read_log(conn: &Connection, prefix: &str, from: Revision, to: Revision) -> Result<Vec<Event>> {
-    in_snapshot(conn, |tx| read_log_in(tx, prefix, from, to))
-}
-
-fn read_log_in(tx: &Connection, prefix: &str, from: Revision, to: Revision) -> Result<Vec<Event>> {
+fn read_log(tx: &Connection, prefix: &str, from: Revision, to: Revision) -> Result<Vec<Event>> {
     let (_, compacted) = head(tx)?;
     if from < compacted {
         return Err(StoreError::Compacted {
