@@ -21,7 +21,17 @@ fn bench(server: &TestServer, extra: &[&str]) -> std::process::Output {
 #[test]
 fn bench_api_reports_json_metrics_and_cleans_up() {
     let server = TestServer::start(Backend::Sqlite);
-    let out = bench(&server, &["--json", "--connections", "3", "--hold", "40"]);
+    let out = bench(
+        &server,
+        &[
+            "--json",
+            "--connections",
+            "3",
+            "--hold",
+            "40",
+            "--quota-overhead",
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -41,7 +51,15 @@ fn bench_api_reports_json_metrics_and_cleans_up() {
             (value, metric["unit"].as_str().unwrap().to_string()),
         );
     }
-    for op in ["create", "get", "update", "delete", "hold_create"] {
+    for op in [
+        "create",
+        "get",
+        "update",
+        "delete",
+        "hold_create",
+        "create_unquoted",
+        "create_quoted",
+    ] {
         for (suffix, unit) in [("throughput", "ops/s"), ("p50", "ms"), ("p99", "ms")] {
             let key = format!("{op}_{suffix}");
             let (value, got_unit) = metrics
@@ -73,6 +91,13 @@ fn bench_api_reports_json_metrics_and_cleans_up() {
         );
     }
     assert_eq!(metrics.get("hold_objects").map(|(v, _)| *v), Some(40.0));
+    // A ratio: its sign and size depend on the machine, its presence and unit do not.
+    assert!(
+        metrics
+            .get("quota_overhead")
+            .is_some_and(|(v, u)| v.is_finite() && *v < 100.0 && u == "%"),
+        "quota_overhead in:\n{stdout}"
+    );
 
     let namespaces = server.ok(&["get", "namespaces", "-o", "name"]);
     assert!(

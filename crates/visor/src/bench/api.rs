@@ -14,6 +14,14 @@
 //! `--with-quota`, a ResourceQuota on ConfigMaps is put in the namespace first, so every create
 //! pays for quota admission.
 //!
+//! `--quota-overhead` compares creates with and without quota admission on the same machine
+//! state: it creates `--objects` ConfigMaps in the benchmark's namespace and as many in a second
+//! namespace with a ResourceQuota, in alternating blocks of [`QUOTA_BLOCK`] over the same
+//! connections, and reports both throughputs and the overhead. Separate runs cannot show a
+//! 10 % difference on a machine whose disk latency drifts by more than that within minutes;
+//! adjacent blocks see the same disk. The overhead is the median over pairs of adjacent blocks
+//! of `1 − quota throughput / plain throughput`, so a stall in one block moves one pair only.
+//!
 //! The server's RSS is read from `/proc` when the server runs on this machine: the process
 //! listening on the kubeconfig's port, or `--server-pid`.
 
@@ -30,6 +38,7 @@ use http_body_util::Full;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use tokio::sync::mpsc;
+use visor_apiserver::admission::usage;
 
 use super::procfs;
 use super::report::{Report, Row};
@@ -77,6 +86,19 @@ pub struct ApiArgs {
     /// creates), so that every create is charged by quota admission.
     #[arg(long)]
     pub with_quota: bool,
+    /// After the other phases, compare creates with and without quota admission in alternating
+    /// blocks (a second namespace with a ResourceQuota), and report the overhead.
+    #[arg(long, conflicts_with = "with_quota")]
+    pub quota_overhead: bool,
+}
+
+/// Creates per block in the `--quota-overhead` comparison: long enough that a block's time is
+/// not one request's jitter, short enough that adjacent blocks share the machine's state.
+const QUOTA_BLOCK: usize = 100;
+
+/// The namespace with the ResourceQuota in the `--quota-overhead` comparison.
+fn quota_namespace(namespace: &str) -> String {
+    format!("{namespace}-quota")
 }
 
 pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
@@ -90,6 +112,17 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     if args.with_quota {
         let room = 10 * (args.objects + args.watch_events + args.hold.unwrap_or(0));
         create_quota(&mut admin, &namespace, room).await?;
+    }
+    let mut cleanup_namespaces = Vec::new();
+    if created_namespace {
+        cleanup_namespaces.push(namespace.clone());
+    }
+    if args.quota_overhead {
+        let quoted = quota_namespace(&namespace);
+        if create_namespace(&mut admin, &quoted).await? {
+            cleanup_namespaces.push(quoted.clone());
+        }
+        create_quota(&mut admin, &quoted, 10 * args.objects).await?;
     }
 
     let mut report = Report::new(BENCH, args.json);
@@ -110,7 +143,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         report.print(&mut std::io::stdout().lock())?;
     }
     // Clean up whatever happened, on a fresh connection in case the old one broke.
-    if created_namespace {
+    for namespace in cleanup_namespaces {
         let cleanup = async {
             let mut conn = client.connect().await?;
             delete_namespace(&mut conn, &namespace, &progress).await
@@ -300,6 +333,10 @@ async fn measure(
     .await?;
     report.row(deleted.row("delete", "delete"));
 
+    if args.quota_overhead {
+        quota_overhead(&mut conns, namespace, n, progress, report).await?;
+    }
+
     // Hold: many objects of 1 KiB, then the server's memory.
     if let Some(hold) = args.hold {
         let ns = namespace.to_string();
@@ -332,6 +369,94 @@ async fn measure(
             "server_rss_hold",
         );
         report.figure("objects held", "hold_objects", hold as f64, "objects");
+    }
+    Ok(())
+}
+
+/// Creates `count` ConfigMaps in `namespace` and as many in its quota namespace, alternating
+/// blocks of [`QUOTA_BLOCK`] (which side goes first alternates too), and reports each side's
+/// throughput and the median overhead over pairs of adjacent blocks.
+async fn quota_overhead(
+    conns: &mut Vec<Connection>,
+    namespace: &str,
+    count: usize,
+    progress: &Progress,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let sides = [namespace.to_string(), quota_namespace(namespace)];
+    let mut latencies = [Latencies::new(), Latencies::new()];
+    let mut elapsed = [Duration::ZERO; 2];
+    let mut overheads = Vec::new();
+    let bar = progress.bar("create with and without quota", 2 * count);
+    let quiet = Progress { enabled: false };
+    for (block, first) in (0..count).step_by(QUOTA_BLOCK).enumerate() {
+        let size = QUOTA_BLOCK.min(count - first);
+        let mut throughput = [0.0; 2];
+        for side in [block % 2, 1 - block % 2] {
+            let path = format!("/api/v1/namespaces/{}/configmaps", sides[side]);
+            let ns = sides[side].clone();
+            let create = Arc::new(move |conn: &Connection, i: usize| {
+                let body = serde_json::json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": format!("compare-{:07}", first + i), "namespace": ns},
+                    "data": {"value": "created"},
+                });
+                json_request(conn, Method::POST, &path, &body)
+            });
+            let result = phase(
+                conns,
+                "create",
+                size,
+                StatusCode::CREATED,
+                false,
+                create,
+                &quiet,
+            )
+            .await
+            .with_context(|| format!("creating in {}", sides[side]))?;
+            throughput[side] = size as f64 / result.elapsed.as_secs_f64();
+            elapsed[side] += result.elapsed;
+            latencies[side].extend(result.latencies);
+            bar.inc(size as u64);
+        }
+        overheads.push(1.0 - throughput[1] / throughput[0]);
+    }
+    bar.finish_and_clear();
+    // The comparison means something only if admission charged every create to the quota.
+    let quota = format!("/api/v1/namespaces/{}/resourcequotas/bench-quota", sides[1]);
+    let response = conns[0].send(Method::GET, &quota, None).await?;
+    let quota: serde_json::Value = serde_json::from_slice(&response.body)?;
+    let used = usage::parse_list(quota.pointer("/status/used"));
+    let charged = used
+        .get("count/configmaps")
+        .map_or(0, |q| q.nanos / usage::one().nanos);
+    if charged < count as i128 {
+        bail!(
+            "the quota in {} counts {charged} ConfigMaps after {count} creates",
+            sides[1]
+        );
+    }
+    let [plain, quoted] = latencies;
+    report.row(Row::new(
+        "create without quota, interleaved",
+        "create_unquoted",
+        plain,
+        Some(elapsed[0]),
+    ));
+    report.row(Row::new(
+        "create with quota, interleaved",
+        "create_quoted",
+        quoted,
+        Some(elapsed[1]),
+    ));
+    overheads.sort_by(f64::total_cmp);
+    if let Some(median) = overheads.get(overheads.len() / 2) {
+        report.figure(
+            "quota admission overhead (median of paired blocks)",
+            "quota_overhead",
+            100.0 * median,
+            "%",
+        );
     }
     Ok(())
 }
