@@ -67,11 +67,17 @@ fn cached_quotas(registry: &Registry, prefix: &str) -> Vec<(String, Revision, Ar
     let quotas = cached
         .iter()
         .map(|(key, obj)| {
-            let value = match known.get(&**key) {
+            let known = known.get(&**key);
+            let value = match known {
                 Some((revision, value)) if *revision == obj.revision => value.clone(),
                 _ => Arc::new(obj.value()),
             };
-            current.insert(key.to_string(), (obj.revision, value.clone()));
+            // A charge this server stored is kept parsed until the cache catches up with it.
+            let keep = match known {
+                Some((revision, newer)) if *revision > obj.revision => (*revision, newer.clone()),
+                _ => (obj.revision, value.clone()),
+            };
+            current.insert(key.to_string(), keep);
             (key.to_string(), obj.revision, value)
         })
         .collect();
@@ -120,8 +126,17 @@ impl Charge {
     /// Records the charge as stored, at `revisions` (one per [`Charge::writes`], in order), so
     /// that this server's next charge builds on it even before the watch cache has it.
     pub(crate) fn stored(mut self, revisions: &[Revision]) {
+        let mut parsed = PARSED.lock().expect("parsed quota map");
         for ((key, _, quota), revision) in self.updates.drain(..).zip(revisions) {
-            self.charged.insert(key, (*revision, Arc::new(quota)));
+            let quota = Arc::new(quota);
+            // The watch cache will hold this revision next: it need not be parsed again.
+            if let Some((prefix, _)) = key.rsplit_once('/') {
+                parsed
+                    .entry(format!("{prefix}/"))
+                    .or_default()
+                    .insert(key.clone(), (*revision, quota.clone()));
+            }
+            self.charged.insert(key, (*revision, quota));
         }
     }
 
@@ -135,7 +150,7 @@ impl Charge {
         for (key, _, _) in &self.updates {
             self.charged.remove(key);
         }
-        evaluate_all(registry, request, self.charged, true).await
+        evaluate_all(registry, request, self.charged, Quotas::FromStore).await
     }
 }
 
@@ -170,8 +185,16 @@ pub(crate) async fn charge(
     if !relevant || delta(request).is_empty() {
         return Ok(None);
     }
-    let charged = namespace_lock(&prefix).lock_owned().await;
-    let charge = evaluate_all(registry, request, charged, false).await?;
+    let lock = namespace_lock(&prefix);
+    let (charged, cached) = match lock.clone().try_lock_owned() {
+        Ok(charged) => (charged, cached),
+        // Another charge went first: the quotas it wrote may be in the cache by now.
+        Err(_) => {
+            let charged = lock.lock_owned().await;
+            (charged, cached_quotas(registry, &prefix))
+        }
+    };
+    let charge = evaluate_all(registry, request, charged, Quotas::Cached(cached)).await?;
     Ok(charge.filter(|_| !dry_run))
 }
 
@@ -198,13 +221,13 @@ async fn evaluate_all(
     registry: &Registry,
     request: &ChargeRequest<'_>,
     charged: OwnedMutexGuard<Charged>,
-    from_store: bool,
+    quotas: Quotas,
 ) -> ApiResult<Option<Charge>> {
     let scope = request.scope;
     let (group, resource) = (scope.def.group.as_str(), scope.def.plural.as_str());
     let namespace = scope.namespace.as_deref().unwrap_or_default();
     let delta = delta(request);
-    let quotas = read_quotas(registry, &quota_prefix(namespace), &charged, from_store).await?;
+    let quotas = read_quotas(registry, &quota_prefix(namespace), &charged, quotas).await?;
     let mut updates = Vec::new();
     for (key, revision, quota) in quotas {
         if let Some(next) = evaluate(group, resource, request.new, request.old, &delta, &quota)? {
@@ -222,44 +245,60 @@ fn hard_keys(quota: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Where a charge reads the namespace's quotas.
+enum Quotas {
+    /// The watch cache's copies (as [`cached_quotas`] returned them).
+    Cached(Vec<(String, Revision, Arc<Value>)>),
+    /// The store, after a lost race.
+    FromStore,
+}
+
 /// The namespace's quotas with the revisions to compare against: from the store after a lost
 /// race, else the newer of the cache's copy and this server's last write.
 async fn read_quotas(
     registry: &Registry,
     prefix: &str,
     charged: &Charged,
-    from_store: bool,
+    quotas: Quotas,
 ) -> ApiResult<Vec<(String, Revision, Arc<Value>)>> {
-    if from_store {
-        let result = registry
-            .store
-            .range(visor_store::RangeRequest {
-                prefix,
-                start_after: None,
-                limit: 0,
-                revision: None,
-            })
-            .await
-            .map_err(|e| ApiError::from_store(e, "", "resourcequotas", ""))?;
-        return Ok(result
-            .kvs
-            .iter()
-            .filter_map(|kv| {
-                Some((
-                    kv.key.clone(),
-                    kv.mod_revision,
-                    Arc::new(object::from_kv(kv)?),
-                ))
-            })
-            .collect());
-    }
-    Ok(cached_quotas(registry, prefix)
+    let cached = match quotas {
+        Quotas::Cached(cached) => cached,
+        Quotas::FromStore => return read_stored_quotas(registry, prefix).await,
+    };
+    Ok(cached
         .into_iter()
         .map(|(key, cached_revision, cached)| match charged.get(&key) {
             Some((revision, value)) if *revision > cached_revision => {
                 (key, *revision, value.clone())
             }
             _ => (key, cached_revision, cached),
+        })
+        .collect())
+}
+
+async fn read_stored_quotas(
+    registry: &Registry,
+    prefix: &str,
+) -> ApiResult<Vec<(String, Revision, Arc<Value>)>> {
+    let result = registry
+        .store
+        .range(visor_store::RangeRequest {
+            prefix,
+            start_after: None,
+            limit: 0,
+            revision: None,
+        })
+        .await
+        .map_err(|e| ApiError::from_store(e, "", "resourcequotas", ""))?;
+    Ok(result
+        .kvs
+        .iter()
+        .filter_map(|kv| {
+            Some((
+                kv.key.clone(),
+                kv.mod_revision,
+                Arc::new(object::from_kv(kv)?),
+            ))
         })
         .collect())
 }
