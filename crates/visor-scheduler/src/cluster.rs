@@ -13,6 +13,9 @@
 //!    node selector and affinity, resources, inter-workload affinity, spread). In a large
 //!    cluster the visit stops once enough feasible hosts are found (upstream's
 //!    `percentageOfNodesToScore`), which keeps an attempt's cost flat as the cluster grows.
+//!    The few least-loaded hosts of the whole cluster are checked too (kept in an index by
+//!    load): without them, once most hosts are equally full the sample may hold none of the
+//!    emptier ones and a host gets one workload more than the rest.
 //! 3. *Score*: each feasible host gets least-allocated, balanced-resources, spreading,
 //!    preferred-affinity and taint scores, normalised across the feasible hosts and weighted;
 //!    the best wins (ties: the first visited, and visiting rotates).
@@ -24,7 +27,7 @@
 //! what is placed or assumed on it (and what is nominated there for workloads of higher or
 //! equal priority) — no over-commit, whatever the order of calls.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use crate::model::{
@@ -39,6 +42,8 @@ const DEFAULT_SCORE_MEMORY: i64 = 200 * 1024 * 1024;
 
 /// Below this many hosts every host is considered; above it, a share of them.
 const MIN_FEASIBLE_TO_FIND: usize = 100;
+/// The least-loaded hosts checked in every attempt besides the round-robin sample.
+const LEAST_LOADED_CANDIDATES: usize = 8;
 
 /// Score weights, as upstream's default plugin weights.
 const WEIGHT_LEAST_ALLOCATED: f64 = 1.0;
@@ -82,6 +87,8 @@ struct Host {
     present: bool,
     zone: Option<u32>,
     allocated: Resources,
+    /// This host's key in [`Cluster::by_load`] while present.
+    load: u64,
     placed: Vec<u32>,
     /// Workloads nominated to run here once preemption victims leave: key, priority, requests.
     nominated: Vec<(String, i32, Resources)>,
@@ -230,6 +237,8 @@ pub struct Cluster {
     namespace_zones: HashMap<String, Vec<String>>,
     next_start: usize,
     scratch: Vec<(u32, [f64; 7])>,
+    /// Present hosts by load (the share of CPU and memory allocated), least first.
+    by_load: BTreeSet<(u64, u32)>,
 }
 
 impl Cluster {
@@ -273,6 +282,7 @@ impl Cluster {
             present: false,
             zone: None,
             allocated: Resources::default(),
+            load: 0,
             placed: Vec::new(),
             nominated: Vec::new(),
         });
@@ -295,6 +305,27 @@ impl Cluster {
         host.present = true;
         host.zone = zone;
         host.info = info;
+        self.reindex_load(id);
+    }
+
+    /// Files host `id` under its current load in [`Cluster::by_load`] (present hosts only).
+    fn reindex_load(&mut self, id: u32) {
+        let host = &mut self.hosts[id as usize];
+        self.by_load.remove(&(host.load, id));
+        if !host.present {
+            return;
+        }
+        let share = |used: i64, allocatable: i64| {
+            if allocatable <= 0 {
+                1.0
+            } else {
+                (used as f64 / allocatable as f64).clamp(0.0, 1.0)
+            }
+        };
+        let (a, used) = (&host.info.allocatable, &host.allocated);
+        let load = share(used.cpu_millis, a.cpu_millis) + share(used.memory_bytes, a.memory_bytes);
+        host.load = (load * 1e9) as u64;
+        self.by_load.insert((host.load, id));
     }
 
     /// Forgets a host. Workloads still placed on it stay accounted until they are removed.
@@ -305,6 +336,7 @@ impl Cluster {
                 self.present_hosts -= 1;
             }
             host.present = false;
+            self.reindex_load(id);
         }
     }
 
@@ -359,6 +391,7 @@ impl Cluster {
         h.allocated.add(&workload.requests);
         h.placed.push(slot);
         let zone = h.zone;
+        self.reindex_load(host_id);
         for (k, v) in &workload.labels {
             self.label_index
                 .entry(k.clone())
@@ -412,6 +445,7 @@ impl Cluster {
         host.allocated.sub(&placed.requests);
         host.placed.retain(|s| *s != slot);
         let zone = host.zone;
+        self.reindex_load(placed.host);
         for (k, v) in &placed.labels {
             if let Some(values) = self.label_index.get_mut(k)
                 && let Some(set) = values.get_mut(v)
@@ -789,6 +823,21 @@ impl Cluster {
             }
         }
         self.next_start = start + visited;
+        if visited < total {
+            let sampled = |id: u32| (id as usize + total - start) % total < visited;
+            let least: Vec<u32> = self
+                .by_load
+                .iter()
+                .map(|&(_, id)| id)
+                .filter(|&id| !sampled(id))
+                .take(LEAST_LOADED_CANDIDATES)
+                .collect();
+            for id in least {
+                if let Verdict::Fits = self.filter(w, &pre, id, true, &mut rejections) {
+                    feasible.push((id, self.raw_scores(w, &pre, id)));
+                }
+            }
+        }
         if feasible.is_empty() {
             self.scratch = feasible;
             return Err(self.unschedulable(rejections));

@@ -530,3 +530,38 @@ fn large_clusters_sample_but_stay_even() {
     let min = usage.iter().map(|u| u.allocated.pods).min().unwrap();
     assert_eq!((min, max), (2, 2));
 }
+
+#[test]
+fn equal_workloads_fill_a_large_cluster_evenly_despite_failed_bindings() {
+    // Above the sampling threshold each attempt checks only a share of the hosts; failed
+    // bindings (placed, then forgotten) shift the round-robin, so near the end a sample can
+    // miss every emptier host unless the least-loaded ones are checked as well.
+    let hosts: Vec<HostInfo> = (0..1000)
+        .map(|i| host(&format!("h{i:04}"), ["a", "b", "c"][i % 3], 4000, 16))
+        .collect();
+    let mut c = cluster(&hosts);
+    let workload = |i: usize| Workload {
+        requests: Resources::new(100, 256 * 1024 * 1024, 1),
+        ..pod(&format!("p{i:05}"), 0, 0)
+    };
+    for i in 0..2000 {
+        if i % 97 == 0 {
+            let failed = workload(100_000 + i);
+            schedule(&mut c, &failed).unwrap();
+            c.forget(&failed.key);
+        }
+        schedule(&mut c, &workload(i)).unwrap();
+    }
+    let mut per_host: HashMap<String, usize> = HashMap::new();
+    for i in 0..2000 {
+        *per_host
+            .entry(c.host_of(&workload(i).key).unwrap().to_string())
+            .or_default() += 1;
+    }
+    let (fewest, most) = (per_host.values().min(), per_host.values().max());
+    assert_eq!(
+        (per_host.len(), fewest, most),
+        (1000, Some(&2), Some(&2)),
+        "pods per host"
+    );
+}
