@@ -825,13 +825,12 @@ impl Cluster {
         self.next_start = start + visited;
         if visited < total {
             let sampled = |id: u32| (id as usize + total - start) % total < visited;
-            let least: Vec<u32> = self
+            let least = self
                 .by_load
                 .iter()
                 .map(|&(_, id)| id)
                 .filter(|&id| !sampled(id))
-                .take(LEAST_LOADED_CANDIDATES)
-                .collect();
+                .take(LEAST_LOADED_CANDIDATES);
             for id in least {
                 if let Verdict::Fits = self.filter(w, &pre, id, true, &mut rejections) {
                     feasible.push((id, self.raw_scores(w, &pre, id)));

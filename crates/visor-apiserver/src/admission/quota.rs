@@ -96,6 +96,8 @@ fn quota_prefix(namespace: &str) -> String {
 /// object is written. Holding a charge holds this server's lock on the namespace's quotas.
 pub(crate) struct Charge {
     charged: OwnedMutexGuard<Charged>,
+    /// The storage prefix of the namespace's quotas.
+    prefix: String,
     updates: Vec<(String, Revision, Value)>,
 }
 
@@ -130,12 +132,10 @@ impl Charge {
         for ((key, _, quota), revision) in self.updates.drain(..).zip(revisions) {
             let quota = Arc::new(quota);
             // The watch cache will hold this revision next: it need not be parsed again.
-            if let Some((prefix, _)) = key.rsplit_once('/') {
-                parsed
-                    .entry(format!("{prefix}/"))
-                    .or_default()
-                    .insert(key.clone(), (*revision, quota.clone()));
-            }
+            parsed
+                .entry(self.prefix.clone())
+                .or_default()
+                .insert(key.clone(), (*revision, quota.clone()));
             self.charged.insert(key, (*revision, quota));
         }
     }
@@ -227,14 +227,19 @@ async fn evaluate_all(
     let (group, resource) = (scope.def.group.as_str(), scope.def.plural.as_str());
     let namespace = scope.namespace.as_deref().unwrap_or_default();
     let delta = delta(request);
-    let quotas = read_quotas(registry, &quota_prefix(namespace), &charged, quotas).await?;
+    let prefix = quota_prefix(namespace);
+    let quotas = read_quotas(registry, &prefix, &charged, quotas).await?;
     let mut updates = Vec::new();
     for (key, revision, quota) in quotas {
         if let Some(next) = evaluate(group, resource, request.new, request.old, &delta, &quota)? {
             updates.push((key, revision, next));
         }
     }
-    Ok((!updates.is_empty()).then_some(Charge { charged, updates }))
+    Ok((!updates.is_empty()).then_some(Charge {
+        charged,
+        prefix,
+        updates,
+    }))
 }
 
 fn hard_keys(quota: &Value) -> Vec<String> {
