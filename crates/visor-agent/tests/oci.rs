@@ -423,8 +423,12 @@ fn logs_exit_codes_and_reasons(env: &Env) -> anyhow::Result<()> {
     anyhow::ensure!(long[0].1 == "P" && long[0].2.len() == 16 * 1024);
     anyhow::ensure!(long[1].1 == "F" && long[1].2.len() == 20000 - 16 * 1024);
     anyhow::ensure!(
-        records.last().is_some_and(|r| r.2 == "logs"),
-        "hostname: {records:?}"
+        records
+            .iter()
+            .rfind(|r| r.0 == "stdout")
+            .is_some_and(|r| r.2 == "logs"),
+        "hostname should be the last stdout record: {:?}",
+        records.iter().map(|r| (&r.0, &r.1, r.2.len())).collect::<Vec<_>>()
     );
 
     // Rotation: about 900 KiB of records through 64 KiB files, three kept.
