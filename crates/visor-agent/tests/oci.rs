@@ -428,7 +428,10 @@ fn logs_exit_codes_and_reasons(env: &Env) -> anyhow::Result<()> {
             .rfind(|r| r.0 == "stdout")
             .is_some_and(|r| r.2 == "logs"),
         "hostname should be the last stdout record: {:?}",
-        records.iter().map(|r| (&r.0, &r.1, r.2.len())).collect::<Vec<_>>()
+        records
+            .iter()
+            .map(|r| (&r.0, &r.1, r.2.len()))
+            .collect::<Vec<_>>()
     );
 
     // Rotation: about 900 KiB of records through 64 KiB files, three kept.
@@ -511,7 +514,7 @@ fn pids_limit(env: &Env) -> anyhow::Result<()> {
     let sandbox = env.sandbox("pids")?;
     let mut c = env.container("limited", &["sleep", "1000"]);
     c.resources = Resources {
-        pids_limit: Some(4),
+        pids_limit: Some(16),
         cpu_shares: Some(512),
         cpu_quota_us: Some(50_000),
         memory_limit_bytes: Some(64 << 20),
@@ -526,14 +529,15 @@ fn pids_limit(env: &Env) -> anyhow::Result<()> {
             .join(file);
         std::fs::read_to_string(&path).map(|s| s.trim().to_string())
     };
-    anyhow::ensure!(cgroup("pids", "pids.max")? == "4");
+    anyhow::ensure!(cgroup("pids", "pids.max")? == "16");
     anyhow::ensure!(cgroup("cpu", "cpu.shares")? == "512");
     anyhow::ensure!(cgroup("cpu", "cpu.cfs_quota_us")? == "50000");
     anyhow::ensure!(cgroup("memory", "memory.limit_in_bytes")? == (64u64 << 20).to_string());
-    // sleep (1) + sh (1) + up to two children fit; the rest cannot fork.
+    // The limit leaves room for `runc exec`, whose Go runtime needs threads while it joins
+    // the cgroup; then sleep (1) + sh (1) + at most 14 children fit and the rest cannot fork.
     let (code, _, stderr) = env.exec(
         &id,
-        &["sh", "-c", "for i in 1 2 3 4 5 6; do sleep 1 & done; wait"],
+        &["sh", "-c", "for i in $(seq 1 40); do sleep 1 & done; wait"],
     )?;
     anyhow::ensure!(
         code != 0 && stderr.contains("fork"),

@@ -79,6 +79,16 @@ pub struct WriteResult {
     pub warnings: Vec<String>,
 }
 
+/// How one attempt of a read-modify-write ended.
+enum Step {
+    /// Stored; the object as written.
+    Written(Value),
+    /// Decided without a write (no change, or a dry run); the object as it would be.
+    Unwritten(Value),
+    /// Lost a compare-and-swap race.
+    Raced,
+}
+
 /// Selectors of a list or watch, parsed and checked against the kind's selectable fields.
 #[derive(Clone, Default)]
 pub struct Filter {
@@ -229,6 +239,15 @@ impl Registry {
         }
     }
 
+    /// The result of an update: the object in the served form.
+    fn updated(&self, def: &ResourceDef, object: Value) -> WriteResult {
+        WriteResult {
+            object: self.present(def, object),
+            created: false,
+            warnings: Vec::new(),
+        }
+    }
+
     fn present_bytes(&self, def: &ResourceDef, cached: &CachedObject) -> Bytes {
         let stored_as_served = match (&def.shared_storage, &def.custom) {
             (Some(_), _) => false,
@@ -280,6 +299,32 @@ impl Registry {
         let value = object::from_kv(&kv)
             .ok_or_else(|| ApiError::internal(format!("stored object {key} is not JSON")))?;
         Ok((value, kv.mod_revision))
+    }
+
+    /// The object a write starts from: the watch cache's copy when `cached` and the cache has
+    /// one, else the store's. The flag says which it was.
+    ///
+    /// Like upstream's cacher, a write's first attempt saves the store read: its
+    /// compare-and-swap on the copy's revision fails if the copy was stale. Whatever a stale
+    /// copy could decide without writing (an error, a no-op, a dry run) the caller decides
+    /// again from the store.
+    async fn current_for_write(
+        &self,
+        scope: &Scope,
+        name: &str,
+        cached: bool,
+    ) -> ApiResult<(Value, Revision, bool)> {
+        if cached {
+            let key = scope.def.key(scope.namespace.as_deref(), name);
+            if let Some(copy) = self.cache.get(&key) {
+                let value = copy.value();
+                if value.is_object() {
+                    return Ok((value, copy.revision, true));
+                }
+            }
+        }
+        let (value, revision) = self.get_current(scope, name).await?;
+        Ok((value, revision, false))
     }
 
     pub async fn list(&self, scope: &Scope, query: &Query) -> ApiResult<ListResult> {
@@ -827,113 +872,101 @@ impl Registry {
     {
         let def = scope.def.clone();
         let key = def.key(scope.namespace.as_deref(), name);
+        let mut from_cache = !dry_run;
         for _ in 0..UPDATE_RETRIES {
-            let (current, revision) = self.get_current(scope, name).await?;
-            if let Some(expected) = precondition
-                && expected != revision
-            {
-                return Err(ApiError::stale_object(
-                    scope.group(),
-                    scope.resource(),
-                    name,
-                ));
-            }
-            let mut next = mutate(&current)?;
-            meta_mut(&mut next).insert("resourceVersion".into(), json!(revision.to_string()));
-            crate::admission::mutate(self, scope, &mut next, Some(&current)).await?;
-            self.admit(scope, &mut next, Some(&current))?;
-            let charge =
-                crate::admission::validate(self, scope, &next, Some(&current), dry_run).await?;
-            if let Some(writer) = writer {
-                writer.track(&def, &current, &mut next);
-            }
-            if def.tracks_generation && spec_changed(&current, &next) {
-                let generation = meta(&current)
-                    .and_then(|m| m.get("generation"))
-                    .and_then(Value::as_i64)
-                    .unwrap_or(1);
-                meta_mut(&mut next).insert("generation".into(), json!(generation + 1));
-            }
-            if object::is_deleting(&current) {
-                let old_finalizers = object::finalizers(&current);
-                for f in object::finalizers(&next) {
-                    if !old_finalizers.contains(&f) {
-                        return Err(ApiError::invalid(
-                            def.group.as_str(),
-                            &def.kind,
-                            name,
-                            &[FieldError::forbidden(
-                                "metadata.finalizers",
-                                &format!(
-                                    "no new finalizers can be added if the object is being deleted, found new finalizers [{f}]"
-                                ),
-                            )],
-                        ));
+            let (current, revision, cached) =
+                self.current_for_write(scope, name, from_cache).await?;
+            from_cache = false;
+            let step = async {
+                if let Some(expected) = precondition
+                    && expected != revision
+                {
+                    return Err(ApiError::stale_object(
+                        scope.group(),
+                        scope.resource(),
+                        name,
+                    ));
+                }
+                let mut next = mutate(&current)?;
+                meta_mut(&mut next).insert("resourceVersion".into(), json!(revision.to_string()));
+                crate::admission::mutate(self, scope, &mut next, Some(&current)).await?;
+                self.admit(scope, &mut next, Some(&current))?;
+                let charge =
+                    crate::admission::validate(self, scope, &next, Some(&current), dry_run).await?;
+                if let Some(writer) = writer {
+                    writer.track(&def, &current, &mut next);
+                }
+                if def.tracks_generation && spec_changed(&current, &next) {
+                    let generation = meta(&current)
+                        .and_then(|m| m.get("generation"))
+                        .and_then(Value::as_i64)
+                        .unwrap_or(1);
+                    meta_mut(&mut next).insert("generation".into(), json!(generation + 1));
+                }
+                if object::is_deleting(&current) {
+                    let old_finalizers = object::finalizers(&current);
+                    for f in object::finalizers(&next) {
+                        if !old_finalizers.contains(&f) {
+                            return Err(ApiError::invalid(
+                                def.group.as_str(),
+                                &def.kind,
+                                name,
+                                &[FieldError::forbidden(
+                                    "metadata.finalizers",
+                                    &format!(
+                                        "no new finalizers can be added if the object is being deleted, found new finalizers [{f}]"
+                                    ),
+                                )],
+                            ));
+                        }
                     }
                 }
-            }
-            if next == current {
-                return Ok(WriteResult {
-                    object: self.present(&def, current),
-                    created: false,
-                    warnings: Vec::new(),
-                });
-            }
-            if dry_run {
-                return Ok(WriteResult {
-                    object: self.present(&def, next),
-                    created: false,
-                    warnings: Vec::new(),
-                });
-            }
-            let finished = object::is_deleting(&next)
-                && object::finalizers(&next).is_empty()
-                && !holds_namespace_finalizers(&def, &next);
-            if finished {
-                return match self.store.delete(&key, Some(revision)).await {
-                    Ok((rev, _)) => {
+                if next == current {
+                    return Ok(Step::Unwritten(current));
+                }
+                if dry_run {
+                    return Ok(Step::Unwritten(next));
+                }
+                let finished = object::is_deleting(&next)
+                    && object::finalizers(&next).is_empty()
+                    && !holds_namespace_finalizers(&def, &next);
+                let outcome = if finished {
+                    self.store
+                        .delete(&key, Some(revision))
+                        .await
+                        .map(|(rev, _)| rev)
+                } else {
+                    let write = TxnWrite::Update {
+                        key: key.clone(),
+                        value: object::to_storage_bytes(&next),
+                        expected: revision,
+                    };
+                    self.write_charged(scope, Some(&current), &next, write, charge)
+                        .await?
+                        .map_err(|(e, _)| e)
+                };
+                match outcome {
+                    Ok(rev) => {
                         object::set_resource_version(&mut next, rev);
-                        Ok(WriteResult {
-                            object: self.present(&def, next),
-                            created: false,
-                            warnings: Vec::new(),
-                        })
+                        Ok(Step::Written(next))
                     }
-                    Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
+                    Err(StoreError::Conflict { .. }) if precondition.is_none() => Ok(Step::Raced),
                     Err(e) => Err(ApiError::from_store(
                         e,
                         scope.group(),
                         scope.resource(),
                         name,
                     )),
-                };
+                }
             }
-            let write = TxnWrite::Update {
-                key: key.clone(),
-                value: object::to_storage_bytes(&next),
-                expected: revision,
-            };
-            match self
-                .write_charged(scope, Some(&current), &next, write, charge)
-                .await?
-            {
-                Ok(rev) => {
-                    object::set_resource_version(&mut next, rev);
-                    return Ok(WriteResult {
-                        object: self.present(&def, next),
-                        created: false,
-                        warnings: Vec::new(),
-                    });
-                }
-                Err((StoreError::Conflict { .. }, _)) if precondition.is_none() => continue,
-                Err((e, _)) => {
-                    return Err(ApiError::from_store(
-                        e,
-                        scope.group(),
-                        scope.resource(),
-                        name,
-                    ));
-                }
+            .await;
+            match step {
+                Ok(Step::Written(object)) => return Ok(self.updated(&def, object)),
+                Ok(Step::Unwritten(object)) if !cached => return Ok(self.updated(&def, object)),
+                Err(e) if !cached => return Err(e),
+                // Raced, or decided from a cached copy without writing: decide again from
+                // the store.
+                _ => continue,
             }
         }
         Err(ApiError::conflict(
@@ -954,56 +987,64 @@ impl Registry {
     ) -> ApiResult<Value> {
         let def = scope.def.clone();
         let key = def.key(scope.namespace.as_deref(), name);
+        let mut from_cache = !options.dry_run;
         for _ in 0..UPDATE_RETRIES {
-            let (current, revision) = self.get_current(scope, name).await?;
-            options.check_preconditions(scope, name, &current, revision)?;
-            let mut next = current.clone();
-            let pending = mark_for_deletion(&def, &mut next, options);
-            if pending {
-                if next == current {
-                    return Ok(self.present(&def, current));
-                }
-                if options.dry_run {
-                    return Ok(self.present(&def, next));
-                }
-                match self
-                    .store
-                    .update(&key, object::to_storage_bytes(&next), revision)
-                    .await
-                {
-                    Ok(rev) => {
-                        object::set_resource_version(&mut next, rev);
-                        return Ok(self.present(&def, next));
+            let (current, revision, cached) =
+                self.current_for_write(scope, name, from_cache).await?;
+            from_cache = false;
+            let step = async {
+                options.check_preconditions(scope, name, &current, revision)?;
+                let mut next = current.clone();
+                if !mark_for_deletion(&def, &mut next, options) {
+                    if options.dry_run {
+                        return Ok(Step::Unwritten(current.clone()));
                     }
-                    Err(StoreError::Conflict { .. }) => continue,
-                    Err(e) => {
-                        return Err(ApiError::from_store(
+                    let outcome = self.store.delete(&key, Some(revision)).await;
+                    return match outcome {
+                        Ok((rev, _)) => {
+                            let mut gone = current.clone();
+                            object::set_resource_version(&mut gone, rev);
+                            Ok(Step::Written(gone))
+                        }
+                        Err(StoreError::Conflict { .. }) => Ok(Step::Raced),
+                        Err(e) => Err(ApiError::from_store(
                             e,
                             scope.group(),
                             scope.resource(),
                             name,
-                        ));
+                        )),
+                    };
+                }
+                // Pending: graceful deletion or finalizers hold the object for now.
+                if next == current || options.dry_run {
+                    return Ok(Step::Unwritten(next));
+                }
+                let outcome = self
+                    .store
+                    .update(&key, object::to_storage_bytes(&next), revision)
+                    .await;
+                match outcome {
+                    Ok(rev) => {
+                        object::set_resource_version(&mut next, rev);
+                        Ok(Step::Written(next))
                     }
-                }
-            }
-            if options.dry_run {
-                return Ok(self.present(&def, current));
-            }
-            match self.store.delete(&key, Some(revision)).await {
-                Ok((rev, _)) => {
-                    let mut gone = current;
-                    object::set_resource_version(&mut gone, rev);
-                    return Ok(self.present(&def, gone));
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => {
-                    return Err(ApiError::from_store(
+                    Err(StoreError::Conflict { .. }) => Ok(Step::Raced),
+                    Err(e) => Err(ApiError::from_store(
                         e,
                         scope.group(),
                         scope.resource(),
                         name,
-                    ));
+                    )),
                 }
+            }
+            .await;
+            match step {
+                Ok(Step::Written(object)) => return Ok(self.present(&def, object)),
+                Ok(Step::Unwritten(object)) if !cached => return Ok(self.present(&def, object)),
+                Err(e) if !cached => return Err(e),
+                // Raced, or decided from a cached copy without writing: decide again from
+                // the store.
+                _ => continue,
             }
         }
         Err(ApiError::conflict(
@@ -1619,3 +1660,6 @@ impl ApiError {
         self
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -77,6 +77,41 @@ fn pod_condition(pod: &mut Value, type_: &str, status: &str) {
     }
 }
 
+/// Why a pod cannot be bound as it is, in upstream's words.
+fn binding_refusal(pod: &Value, name: &str, uid: Option<&str>) -> Option<ApiError> {
+    if let Some(uid) = uid
+        && object::meta_str(pod, "uid") != Some(uid)
+    {
+        return Some(ApiError::conflict(
+            "",
+            "pods",
+            name,
+            &format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                object::meta_str(pod, "uid").unwrap_or("")
+            ),
+        ));
+    }
+    if object::is_deleting(pod) {
+        return Some(ApiError::conflict(
+            "",
+            "pods",
+            name,
+            &format!("pod {name} is being deleted, cannot be assigned to a host"),
+        ));
+    }
+    let node = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())?;
+    Some(ApiError::conflict(
+        "",
+        "pods",
+        name,
+        &format!("pod {name} is already assigned to node {node:?}"),
+    ))
+}
+
 impl Registry {
     /// `POST pods/NAME/binding`: binds a pending pod to a node. Returns the Status to send
     /// (201).
@@ -111,40 +146,17 @@ impl Registry {
         }
         let uid = object::meta_str(&binding, "uid").filter(|u| !u.is_empty());
         let key = scope.def.key(scope.namespace.as_deref(), name);
+        let mut from_cache = true;
         for _ in 0..RETRIES {
-            let (mut pod, revision) = self.get_current(scope, name).await?;
-            if let Some(uid) = uid
-                && object::meta_str(&pod, "uid") != Some(uid)
-            {
-                return Err(ApiError::conflict(
-                    "",
-                    "pods",
-                    name,
-                    &format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                        object::meta_str(&pod, "uid").unwrap_or("")
-                    ),
-                ));
-            }
-            if object::is_deleting(&pod) {
-                return Err(ApiError::conflict(
-                    "",
-                    "pods",
-                    name,
-                    &format!("pod {name} is being deleted, cannot be assigned to a host"),
-                ));
-            }
-            if let Some(node) = pod
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .filter(|n| !n.is_empty())
-            {
-                return Err(ApiError::conflict(
-                    "",
-                    "pods",
-                    name,
-                    &format!("pod {name} is already assigned to node {node:?}"),
-                ));
+            let (mut pod, revision, cached) =
+                self.current_for_write(scope, name, from_cache).await?;
+            from_cache = false;
+            if let Some(refusal) = binding_refusal(&pod, name, uid) {
+                // A cached copy may be stale: refuse only on the store's word.
+                if cached {
+                    continue;
+                }
+                return Err(refusal);
             }
             pod["spec"]["nodeName"] = json!(target);
             pod_condition(&mut pod, "PodScheduled", "True");

@@ -73,19 +73,35 @@ impl Etcd {
         }
     }
 
-    /// Connects, retrying until etcd answers.
-    pub async fn connect(&mut self) -> DynStore {
+    /// Connects, retrying until etcd answers; if etcd exits instead, its log.
+    pub async fn connect(&mut self) -> Result<DynStore, String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("etcd exited early: {status}");
+                let log =
+                    std::fs::read_to_string(self._dir.path().join("etcd.log")).unwrap_or_default();
+                return Err(format!("etcd exited early: {status}\n{log}"));
             }
             match EtcdStore::connect(std::slice::from_ref(&self.endpoint)).await {
-                Ok(store) => return Arc::new(store),
+                Ok(store) => return Ok(Arc::new(store)),
                 Err(e) if Instant::now() > deadline => panic!("etcd did not become ready: {e}"),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
+    }
+
+    /// A started and connected etcd. A free port can be taken by another test between our
+    /// probe and etcd's bind: then it tries other ports.
+    pub async fn start_connected() -> (Etcd, DynStore) {
+        for _ in 0..5 {
+            let mut etcd = Etcd::start();
+            match etcd.connect().await {
+                Ok(store) => return (etcd, store),
+                Err(log) if log.contains("address already in use") => continue,
+                Err(log) => panic!("{log}"),
+            }
+        }
+        panic!("etcd found no free loopback ports in five tries");
     }
 }
 
@@ -112,11 +128,11 @@ where
     F: FnOnce(DynStore) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut etcd = Etcd::start();
     let rt = runtime();
-    rt.block_on(async {
-        let store = etcd.connect().await;
+    let etcd = rt.block_on(async {
+        let (etcd, store) = Etcd::start_connected().await;
         check(store).await;
+        etcd
     });
     drop(rt);
     drop(etcd);

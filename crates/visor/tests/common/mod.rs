@@ -75,6 +75,19 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start() -> Etcd {
+        // A free port can be taken by another test between our probe and etcd's bind: then
+        // try other ports.
+        for _ in 0..5 {
+            match Etcd::try_start() {
+                Ok(etcd) => return etcd,
+                Err(log) if log.contains("address already in use") => continue,
+                Err(log) => panic!("{log}"),
+            }
+        }
+        panic!("etcd found no free loopback ports in five tries");
+    }
+
+    fn try_start() -> Result<Etcd, String> {
         let dir = tempfile::tempdir().unwrap();
         let (client, peer) = (free_port(), free_port());
         let client_url = format!("http://127.0.0.1:{client}");
@@ -124,13 +137,16 @@ impl Etcd {
                 .output()
                 .expect("running etcdctl (run scripts/install-deps)");
             if health.status.success() {
-                return etcd;
+                return Ok(etcd);
             }
             if let Ok(Some(status)) = etcd.child.try_wait() {
-                panic!("etcd exited with {status}:\n{}", etcd.log());
+                return Err(format!("etcd exited with {status}:\n{}", etcd.log()));
             }
             if Instant::now() > deadline {
-                panic!("etcd not healthy after {START_TIMEOUT:?}:\n{}", etcd.log());
+                return Err(format!(
+                    "etcd not healthy after {START_TIMEOUT:?}:\n{}",
+                    etcd.log()
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
