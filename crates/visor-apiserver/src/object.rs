@@ -239,11 +239,44 @@ pub fn rfc3339_in(seconds: i64) -> String {
 /// Serialises a value for the store: without `resourceVersion`, which the store's revision
 /// replaces.
 pub fn to_storage_bytes(obj: &Value) -> Bytes {
-    let mut obj = obj.clone();
-    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("resourceVersion");
+    Bytes::from(serde_json::to_vec(&StorageForm(obj)).expect("a JSON value serialises"))
+}
+
+/// An object as stored: `metadata.resourceVersion` left out while serialising, so a write
+/// need not copy the whole object to drop one field.
+struct StorageForm<'a>(&'a Value);
+
+impl serde::Serialize for StorageForm<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Value::Object(fields) = self.0 else {
+            return self.0.serialize(serializer);
+        };
+        let mut map = serializer.serialize_map(Some(fields.len()))?;
+        for (name, value) in fields {
+            match value {
+                Value::Object(metadata) if name == "metadata" => {
+                    map.serialize_entry(name, &WithoutVersion(metadata))?
+                }
+                _ => map.serialize_entry(name, value)?,
+            }
+        }
+        map.end()
     }
-    Bytes::from(serde_json::to_vec(&obj).expect("a JSON value serialises"))
+}
+
+struct WithoutVersion<'a>(&'a serde_json::Map<String, Value>);
+
+impl serde::Serialize for WithoutVersion<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let fields = self.0.iter().filter(|(name, _)| *name != "resourceVersion");
+        let mut map = serializer.serialize_map(Some(fields.clone().count()))?;
+        for (name, value) in fields {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
 }
 
 /// The value stored at a key-value, with its resource version set.
@@ -264,6 +297,23 @@ mod tests {
             create_revision: 1,
             mod_revision: revision,
         }
+    }
+
+    #[test]
+    fn the_stored_form_leaves_out_only_the_resource_version() {
+        let obj = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "resourceVersion": "7", "labels": {"resourceVersion": "x"}},
+            "data": {"resourceVersion": "kept"},
+        });
+        let stored: Value = serde_json::from_slice(&to_storage_bytes(&obj)).unwrap();
+        let mut want = obj.clone();
+        want["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("resourceVersion");
+        assert_eq!(stored, want);
+        assert_eq!(to_storage_bytes(&serde_json::json!([1])), "[1]");
     }
 
     #[test]
