@@ -89,6 +89,19 @@ enum Step {
     Raced,
 }
 
+impl Step {
+    /// The attempt's outcome if it stands; `None` to try again from the store: after a lost
+    /// race, or when a cached copy decided without a write.
+    fn settle(step: ApiResult<Step>, cached: bool) -> Option<ApiResult<Value>> {
+        match step {
+            Ok(Step::Written(object)) => Some(Ok(object)),
+            Ok(Step::Unwritten(object)) if !cached => Some(Ok(object)),
+            Err(e) if !cached => Some(Err(e)),
+            _ => None,
+        }
+    }
+}
+
 /// Selectors of a list or watch, parsed and checked against the kind's selectable fields.
 #[derive(Clone, Default)]
 pub struct Filter {
@@ -960,13 +973,8 @@ impl Registry {
                 }
             }
             .await;
-            match step {
-                Ok(Step::Written(object)) => return Ok(self.updated(&def, object)),
-                Ok(Step::Unwritten(object)) if !cached => return Ok(self.updated(&def, object)),
-                Err(e) if !cached => return Err(e),
-                // Raced, or decided from a cached copy without writing: decide again from
-                // the store.
-                _ => continue,
+            if let Some(outcome) = Step::settle(step, cached) {
+                return outcome.map(|object| self.updated(&def, object));
             }
         }
         Err(ApiError::conflict(
@@ -1038,13 +1046,8 @@ impl Registry {
                 }
             }
             .await;
-            match step {
-                Ok(Step::Written(object)) => return Ok(self.present(&def, object)),
-                Ok(Step::Unwritten(object)) if !cached => return Ok(self.present(&def, object)),
-                Err(e) if !cached => return Err(e),
-                // Raced, or decided from a cached copy without writing: decide again from
-                // the store.
-                _ => continue,
+            if let Some(outcome) = Step::settle(step, cached) {
+                return outcome.map(|object| self.present(&def, object));
             }
         }
         Err(ApiError::conflict(
