@@ -270,9 +270,9 @@ struct WithoutVersion<'a>(&'a serde_json::Map<String, Value>);
 impl serde::Serialize for WithoutVersion<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let fields = self.0.iter().filter(|(name, _)| *name != "resourceVersion");
-        let mut map = serializer.serialize_map(Some(fields.clone().count()))?;
-        for (name, value) in fields {
+        let len = self.0.len() - usize::from(self.0.contains_key("resourceVersion"));
+        let mut map = serializer.serialize_map(Some(len))?;
+        for (name, value) in self.0.iter().filter(|(name, _)| *name != "resourceVersion") {
             map.serialize_entry(name, value)?;
         }
         map.end()

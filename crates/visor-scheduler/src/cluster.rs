@@ -45,6 +45,16 @@ const MIN_FEASIBLE_TO_FIND: usize = 100;
 /// The least-loaded hosts checked in every attempt besides the round-robin sample.
 const LEAST_LOADED_CANDIDATES: usize = 8;
 
+/// The share of `allocatable` that `used` takes, at most 1 (a host with nothing allocatable is
+/// full).
+fn allocated_share(used: i64, allocatable: i64) -> f64 {
+    if allocatable <= 0 {
+        1.0
+    } else {
+        (used as f64 / allocatable as f64).min(1.0)
+    }
+}
+
 /// Score weights, as upstream's default plugin weights.
 const WEIGHT_LEAST_ALLOCATED: f64 = 1.0;
 const WEIGHT_BALANCED: f64 = 1.0;
@@ -315,15 +325,9 @@ impl Cluster {
         if !host.present {
             return;
         }
-        let share = |used: i64, allocatable: i64| {
-            if allocatable <= 0 {
-                1.0
-            } else {
-                (used as f64 / allocatable as f64).clamp(0.0, 1.0)
-            }
-        };
         let (a, used) = (&host.info.allocatable, &host.allocated);
-        let load = share(used.cpu_millis, a.cpu_millis) + share(used.memory_bytes, a.memory_bytes);
+        let load = allocated_share(used.cpu_millis, a.cpu_millis)
+            + allocated_share(used.memory_bytes, a.memory_bytes);
         host.load = (load * 1e9) as u64;
         self.by_load.insert((host.load, id));
     }
@@ -859,15 +863,8 @@ impl Cluster {
         } else {
             w.requests.memory_bytes
         };
-        let fraction = |used: i64, req: i64, alloc: i64| {
-            if alloc <= 0 {
-                1.0
-            } else {
-                ((used + req) as f64 / alloc as f64).min(1.0)
-            }
-        };
-        let cpu = fraction(host.allocated.cpu_millis, cpu_req, a.cpu_millis);
-        let mem = fraction(host.allocated.memory_bytes, mem_req, a.memory_bytes);
+        let cpu = allocated_share(host.allocated.cpu_millis + cpu_req, a.cpu_millis);
+        let mem = allocated_share(host.allocated.memory_bytes + mem_req, a.memory_bytes);
         let least = (2.0 - cpu - mem) * 50.0;
         let balanced = (1.0 - (cpu - mem).abs()) * 100.0;
         // Spreading: the workload's group, then its soft spread constraints; lower is better.

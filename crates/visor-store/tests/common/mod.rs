@@ -37,7 +37,7 @@ fn free_port() -> u16 {
 pub struct Etcd {
     child: Child,
     pub endpoint: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Etcd {
@@ -69,7 +69,7 @@ impl Etcd {
         Etcd {
             child,
             endpoint: client,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -79,7 +79,7 @@ impl Etcd {
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 let log =
-                    std::fs::read_to_string(self._dir.path().join("etcd.log")).unwrap_or_default();
+                    std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
                 return Err(format!("etcd exited early: {status}\n{log}"));
             }
             match EtcdStore::connect(std::slice::from_ref(&self.endpoint)).await {
