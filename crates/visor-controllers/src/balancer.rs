@@ -40,8 +40,8 @@ use visor_api::zone::{Move, ZONE_LABEL, Zone, ZoneBalance};
 use visor_scheduler::convert::{node_host, pod_workload};
 use visor_scheduler::{Cluster, HostUsage, Workload};
 
+use crate::informers::{self, Informers};
 use crate::shared::Recorder;
-use crate::stores;
 
 /// What the balancer does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,22 +233,22 @@ pub fn plan(
 }
 
 /// Runs the balancer until the task is dropped; returns at once in mode `off`.
-pub async fn run(client: Client, config: Config) {
+pub async fn run(client: Client, config: Config, informers: Arc<Informers>) {
     if config.mode == Mode::Off {
         return;
     }
     let changed = Arc::new(Notify::new());
-    let nodes: Store<Node> = stores::follow(
+    let nodes: Store<Node> = informers.store(
         Api::all(client.clone()),
         watcher::Config::default(),
         changed.clone(),
     );
-    let pods: Store<Pod> = stores::follow(
+    let pods: Store<Pod> = informers.store(
         Api::all(client.clone()),
         watcher::Config::default().fields("spec.nodeName!="),
         changed.clone(),
     );
-    if !(stores::ready(&nodes).await && stores::ready(&pods).await) {
+    if !(informers::ready(&nodes).await && informers::ready(&pods).await) {
         return;
     }
     let recorder = Recorder::new(client.clone());

@@ -38,6 +38,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use crate::ERROR_REQUEUE;
+use crate::informers::Informers;
 use crate::shared::{self, Context};
 
 /// The label that names the template revision a pod was made from.
@@ -75,7 +76,7 @@ pub enum Error {
 }
 
 /// Runs the controller until its watches end. Any node change re-examines every DaemonSet.
-pub async fn run(client: Client) {
+pub async fn run(client: Client, informers: Arc<Informers>) {
     let ctx = Context::new(client.clone());
     let node_changes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
@@ -85,7 +86,7 @@ pub async fn run(client: Client) {
         Api::<DaemonSet>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Pod>::all(client), watcher::Config::default())
+    .owns_shared_stream(informers.touched(Api::<Pod>::all(client), watcher::Config::default()))
     .reconcile_all_on(node_changes)
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {

@@ -36,8 +36,8 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
 
+use crate::informers::{self, Informers};
 use crate::shared::{self, pod_ready, scaled_value};
-use crate::stores;
 
 /// How long an evicted pod stays in `disruptedPods` if it does not go.
 const DISRUPTED_TIMEOUT: SignedDuration = SignedDuration::from_secs(120);
@@ -47,19 +47,19 @@ const RESYNC: Duration = Duration::from_secs(10);
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Runs the controller until the task is dropped.
-pub async fn run(client: Client) {
+pub async fn run(client: Client, informers: Arc<Informers>) {
     let changed = Arc::new(Notify::new());
-    let budgets: Store<PodDisruptionBudget> = stores::follow(
+    let budgets: Store<PodDisruptionBudget> = informers.store(
         Api::all(client.clone()),
         watcher::Config::default(),
         changed.clone(),
     );
-    let pods: Store<Pod> = stores::follow(
+    let pods: Store<Pod> = informers.store(
         Api::all(client.clone()),
         watcher::Config::default(),
         changed.clone(),
     );
-    if !(stores::ready(&budgets).await && stores::ready(&pods).await) {
+    if !(informers::ready(&budgets).await && informers::ready(&pods).await) {
         return;
     }
     loop {

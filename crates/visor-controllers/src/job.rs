@@ -40,6 +40,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
 use crate::ERROR_REQUEUE;
+use crate::informers::Informers;
 use crate::shared::{self, Context};
 
 /// The most pods one pass creates or deletes.
@@ -74,10 +75,10 @@ pub enum Error {
 }
 
 /// Runs the controller until its watches end.
-pub async fn run(client: Client) {
+pub async fn run(client: Client, informers: Arc<Informers>) {
     let ctx = Context::new(client.clone());
     Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Pod>::all(client), watcher::Config::default())
+        .owns_shared_stream(informers.touched(Api::<Pod>::all(client), watcher::Config::default()))
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {

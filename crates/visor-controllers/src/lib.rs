@@ -20,12 +20,15 @@ use std::time::Duration;
 
 use kube::Client;
 
+use crate::informers::Informers;
+
 pub mod balancer;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod gc;
+pub mod informers;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
@@ -34,7 +37,6 @@ pub mod replicaset;
 pub mod serviceaccount;
 mod shared;
 pub mod statefulset;
-mod stores;
 pub mod tenancy;
 pub mod zone;
 
@@ -48,18 +50,31 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'st
             name
         })
     }
+    let informers = Informers::new();
     let controllers: Vec<Running> = vec![
         named("namespace", namespace::run(client.clone())),
         named("garbage collector", gc::run(client.clone())),
         named("deployment", deployment::run(client.clone())),
-        named("replicaset", replicaset::run(client.clone())),
-        named("daemonset", daemonset::run(client.clone())),
-        named("statefulset", statefulset::run(client.clone())),
-        named("job", job::run(client.clone())),
+        named(
+            "replicaset",
+            replicaset::run(client.clone(), informers.clone()),
+        ),
+        named(
+            "daemonset",
+            daemonset::run(client.clone(), informers.clone()),
+        ),
+        named(
+            "statefulset",
+            statefulset::run(client.clone(), informers.clone()),
+        ),
+        named("job", job::run(client.clone(), informers.clone())),
         named("cronjob", cronjob::run(client.clone())),
         named("serviceaccount", serviceaccount::run(client.clone())),
-        named("quota", quota::run(client.clone())),
-        named("disruption", disruption::run(client.clone())),
+        named("quota", quota::run(client.clone(), informers.clone())),
+        named(
+            "disruption",
+            disruption::run(client.clone(), informers.clone()),
+        ),
         named("tenancy", tenancy::run(client)),
     ];
     let all = async move {
@@ -86,9 +101,10 @@ pub async fn run_placement(
     lifecycle: nodelifecycle::Config,
     balancing: balancer::Config,
 ) {
+    let informers = Informers::new();
     tokio::join!(
-        nodelifecycle::run(client.clone(), lifecycle),
-        zone::run(client.clone()),
-        balancer::run(client, balancing),
+        nodelifecycle::run(client.clone(), lifecycle, informers.clone()),
+        zone::run(client.clone(), informers.clone()),
+        balancer::run(client, balancing, informers.clone()),
     );
 }

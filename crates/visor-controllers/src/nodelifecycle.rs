@@ -47,8 +47,8 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
 
+use crate::informers::{self, Informers};
 use crate::shared::{Recorder, now};
-use crate::stores;
 
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
@@ -94,24 +94,26 @@ enum Health {
 }
 
 /// Runs the controller until the task is dropped.
-pub async fn run(client: Client, config: Config) {
+pub async fn run(client: Client, config: Config, informers: Arc<Informers>) {
     let changed = Arc::new(Notify::new());
-    let nodes: Store<Node> = stores::follow(
+    let nodes: Store<Node> = informers.store(
         Api::all(client.clone()),
         watcher::Config::default(),
         changed.clone(),
     );
-    let leases: Store<Lease> = stores::follow(
+    let leases: Store<Lease> = informers.store(
         Api::namespaced(client.clone(), NODE_LEASE_NAMESPACE),
         watcher::Config::default(),
         changed.clone(),
     );
-    let pods: Store<Pod> = stores::follow(
+    let pods: Store<Pod> = informers.store(
         Api::all(client.clone()),
         watcher::Config::default().fields("spec.nodeName!="),
         changed.clone(),
     );
-    if !(stores::ready(&nodes).await && stores::ready(&leases).await && stores::ready(&pods).await)
+    if !(informers::ready(&nodes).await
+        && informers::ready(&leases).await
+        && informers::ready(&pods).await)
     {
         return;
     }

@@ -40,6 +40,8 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use visor_apiserver::admission::usage::{self, ResourceList};
 
+use crate::informers::Informers;
+
 /// How long a quota must stay unchanged before a recount may lower its usage.
 pub const SETTLE: Duration = Duration::from_secs(2);
 /// How often every quota is recounted regardless of events.
@@ -98,7 +100,7 @@ struct Context {
 }
 
 /// Runs the controller until its watches end.
-pub async fn run(client: Client) {
+pub async fn run(client: Client, informers: Arc<Informers>) {
     let (quotas, writer) = reflector::store();
     let dirty = Arc::new(Dirty::default());
     let ctx = Arc::new(Context {
@@ -127,7 +129,10 @@ pub async fn run(client: Client) {
         let (dirty, quotas) = (dirty.clone(), quotas.clone());
         follow(
             "pod",
-            watcher(Api::<Pod>::all(client.clone())),
+            informers
+                .informer(Api::<Pod>::all(client.clone()), watcher::Config::default())
+                .subscribe()
+                .map(Ok),
             move |event| {
                 // A pod frees its usage when deleted or when it finishes.
                 let freed = match &event {

@@ -164,7 +164,8 @@ pub async fn run_hosts(
         Some(only) if hosts.len() == 1 => {
             watcher::Config::default().fields(&format!("spec.nodeName={only}"))
         }
-        _ => watcher::Config::default(),
+        // Pods not yet placed are no host's business; placed ones are filtered by host below.
+        _ => watcher::Config::default().fields("spec.nodeName!="),
     };
     let mut events = watcher(pods, config).boxed();
     let mut workers: HashMap<String, watch::Sender<Option<Arc<Pod>>>> = HashMap::new();
