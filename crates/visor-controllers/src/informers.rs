@@ -205,7 +205,7 @@ impl<K: Followed> Informer<K> {
             }
         }
         fanout.subscribers.push(tx);
-        tokio_stream_of(rx)
+        receiver_stream(rx)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Fanout<K>> {
@@ -243,7 +243,7 @@ impl<K: Followed> Informer<K> {
     }
 }
 
-fn tokio_stream_of<T: Send + 'static>(
+fn receiver_stream<T: Send + 'static>(
     mut rx: mpsc::UnboundedReceiver<T>,
 ) -> impl Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
