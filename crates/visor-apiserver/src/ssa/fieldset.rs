@@ -21,7 +21,8 @@ pub enum Element {
 }
 
 impl Element {
-    fn encode(&self) -> String {
+    /// The `FieldsV1` key of this step.
+    pub fn encode(&self) -> String {
         match self {
             Element::Field(f) => format!("f:{f}"),
             Element::Key(k) => format!("k:{k}"),
@@ -82,6 +83,16 @@ pub struct FieldSet {
 impl FieldSet {
     pub fn is_empty(&self) -> bool {
         !self.member && self.children.is_empty()
+    }
+
+    /// Whether the empty path, the node itself, is a member.
+    pub fn is_member(&self) -> bool {
+        self.member
+    }
+
+    /// The steps below this node, in order.
+    pub fn children(&self) -> impl Iterator<Item = (&Element, &FieldSet)> {
+        self.children.iter()
     }
 
     pub fn insert(&mut self, path: &[Element]) {

@@ -70,6 +70,18 @@ impl Entry {
         })
     }
 
+    /// The manager, operation and subresource, read as [`Entry::parse`] reads them.
+    fn header(v: &Value) -> Option<(&str, &str, &str)> {
+        let text = |name: &str, default: &'static str| {
+            v.get(name).and_then(Value::as_str).unwrap_or(default)
+        };
+        Some((
+            v.get("manager")?.as_str()?,
+            text("operation", "Update"),
+            text("subresource", ""),
+        ))
+    }
+
     fn render(&self) -> Value {
         let mut v = json!({
             "manager": self.manager,
@@ -496,63 +508,257 @@ pub fn apply(
     Ok(object)
 }
 
+/// What a write did to the owned fields: the paths it set anew or to a different value, and the
+/// paths it removed.
+#[derive(Default)]
+struct Delta {
+    changed: FieldSet,
+    gone: FieldSet,
+}
+
+impl Delta {
+    /// The delta between two whole objects. Subtrees that are equal are skipped without
+    /// collecting their paths, so a write costs in proportion to what it changed.
+    fn between(old: Option<&Value>, new: &Value, ty: &dyn TypeInfo, subresource: &str) -> Delta {
+        let mut delta = Delta::default();
+        let (Some(old), Some(new_map)) = (old, new.as_object()) else {
+            delta.changed = owned_fields(new, ty, subresource);
+            return delta;
+        };
+        let Some(old_map) = old.as_object() else {
+            delta.changed = owned_fields(new, ty, subresource);
+            delta.gone = owned_fields(old, ty, subresource);
+            return delta;
+        };
+        let mut path = Vec::new();
+        let removed = old_map.keys().filter(|k| !new_map.contains_key(*k));
+        for key in new_map.keys().chain(removed) {
+            match key.as_str() {
+                "apiVersion" | "kind" => {}
+                "status" if subresource != "status" => {}
+                "metadata" => {
+                    for field in OWNED_METADATA {
+                        path.push(Element::Field("metadata".into()));
+                        path.push(Element::Field((*field).into()));
+                        delta.walk(
+                            old_map.get(key).and_then(|m| m.get(*field)),
+                            new_map.get(key).and_then(|m| m.get(*field)),
+                            types::ObjectMetaType.field(field).as_ref(),
+                            &mut path,
+                        );
+                        path.clear();
+                    }
+                }
+                _ => {
+                    path.push(Element::Field(key.clone()));
+                    delta.walk(
+                        old_map.get(key),
+                        new_map.get(key),
+                        ty.field(key).as_ref(),
+                        &mut path,
+                    );
+                    path.clear();
+                }
+            }
+        }
+        delta
+    }
+
+    /// Adds the delta of the values at `path`, descending through maps and keyed lists present
+    /// on both sides.
+    fn walk(
+        &mut self,
+        old: Option<&Value>,
+        new: Option<&Value>,
+        ty: &dyn TypeInfo,
+        path: &mut Path,
+    ) {
+        if old == new {
+            return;
+        }
+        match (old, new) {
+            (Some(Value::Object(o)), Some(Value::Object(n)))
+                if !ty.map_is_atomic() && !o.is_empty() && !n.is_empty() =>
+            {
+                let removed = o.keys().filter(|k| !n.contains_key(*k));
+                for key in n.keys().chain(removed) {
+                    path.push(Element::Field(key.clone()));
+                    self.walk(o.get(key), n.get(key), ty.field(key).as_ref(), path);
+                    path.pop();
+                }
+            }
+            (Some(Value::Array(o)), Some(Value::Array(n))) if !o.is_empty() && !n.is_empty() => {
+                let ListType::Map(keys) = ty.list_type() else {
+                    return self.compare(old, new, ty, path);
+                };
+                let (Some(old_items), Some(new_items)) = (keyed(o, &keys), keyed(n, &keys)) else {
+                    return self.compare(old, new, ty, path);
+                };
+                let item_type = ty.items();
+                for (key, item) in &new_items {
+                    path.push(Element::Key(key.clone()));
+                    match old_items.iter().find(|(k, _)| k == key) {
+                        Some((_, old_item)) => {
+                            self.walk(Some(old_item), Some(item), item_type.as_ref(), path)
+                        }
+                        None => {
+                            self.changed.insert(path);
+                            collect(item, item_type.as_ref(), path, &mut self.changed);
+                        }
+                    }
+                    path.pop();
+                }
+                for (key, item) in &old_items {
+                    if new_items.iter().all(|(k, _)| k != key) {
+                        path.push(Element::Key(key.clone()));
+                        self.gone.insert(path);
+                        collect(item, item_type.as_ref(), path, &mut self.gone);
+                        path.pop();
+                    }
+                }
+            }
+            _ => self.compare(old, new, ty, path),
+        }
+    }
+
+    /// Adds the delta of two values by collecting every path of both: a path of `new` changed
+    /// when `old` lacks it or, at a leaf, holds another value; a path only `old` has is gone.
+    fn compare(
+        &mut self,
+        old: Option<&Value>,
+        new: Option<&Value>,
+        ty: &dyn TypeInfo,
+        path: &mut Path,
+    ) {
+        let depth = path.len();
+        let mut old_fields = FieldSet::default();
+        if let Some(old) = old {
+            collect(old, ty, path, &mut old_fields);
+        }
+        let mut new_fields = FieldSet::default();
+        if let Some(new) = new {
+            collect(new, ty, path, &mut new_fields);
+        }
+        for full in new_fields.paths() {
+            let relative = &full[depth..];
+            let differs = !old_fields.contains(&full)
+                || new.is_some_and(|new| is_leaf(new, relative))
+                    && old.and_then(|o| value_at(o, relative))
+                        != new.and_then(|n| value_at(n, relative));
+            if differs {
+                self.changed.insert(&full);
+            }
+        }
+        for full in old_fields.paths() {
+            if !new_fields.contains(&full) {
+                self.gone.insert(&full);
+            }
+        }
+    }
+}
+
+/// The items of an associative list by their keys, when every item has its keys and no key
+/// repeats; otherwise the list is compared whole.
+fn keyed<'a>(items: &'a [Value], keys: &[String]) -> Option<Vec<(String, &'a Value)>> {
+    let mut out: Vec<(String, &Value)> = Vec::with_capacity(items.len());
+    for item in items {
+        let key = item_key(item, keys)?;
+        if out.iter().any(|(k, _)| *k == key) {
+            return None;
+        }
+        out.push((key, item));
+    }
+    Some(out)
+}
+
+/// Whether a `FieldsV1` tree has any member of `set` as a member.
+fn owns_any(fields_v1: &Value, set: &FieldSet) -> bool {
+    let Some(map) = fields_v1.as_object() else {
+        return false;
+    };
+    if set.is_member() && (map.is_empty() || map.contains_key(".")) {
+        return true;
+    }
+    set.children().any(|(element, child)| {
+        map.get(&element.encode())
+            .is_some_and(|v| owns_any(v, child))
+    })
+}
+
 /// Records a non-apply write: `ctx.manager` gets the fields that changed between `old` and
 /// `new` (every field when creating), and the other managers lose them. Fields that
 /// disappeared leave every manager.
 ///
 /// The entries start from `new`'s own `managedFields` (the caller puts the current ones there
-/// unless the client replaced them).
+/// unless the client replaced them). Entries the write does not touch are kept as they are
+/// when they are the current ones, which the server rendered; entries a client sent are all
+/// read and rendered anew.
 pub fn track_update(old: Option<&Value>, new: &mut Value, ctx: &WriteContext, ty: &dyn TypeInfo) {
-    let mut entries = read_entries(Some(new));
-    let new_fields = owned_fields(new, ty, ctx.subresource);
-    let old_fields = old
-        .map(|o| owned_fields(o, ty, ctx.subresource))
-        .unwrap_or_default();
-    let mut changed = FieldSet::default();
-    for path in new_fields.paths() {
-        let differs = match old {
-            Some(o) => {
-                !old_fields.contains(&path)
-                    || (is_leaf(new, &path) && value_at(o, &path) != value_at(new, &path))
+    let delta = Delta::between(old, new, ty, ctx.subresource);
+    let current = old.and_then(|o| o.pointer("/metadata/managedFields"));
+    let rendered_by_server = current.is_some() && current == new.pointer("/metadata/managedFields");
+    let sent = match crate::object::meta_mut(new).remove("managedFields") {
+        Some(Value::Array(entries)) => entries,
+        _ => Vec::new(),
+    };
+    let mut kept = Vec::with_capacity(sent.len() + 1);
+    let mut recorded = false;
+    for raw in sent {
+        let Some(mut entry) = (if rendered_by_server {
+            let header = Entry::header(&raw);
+            let mine = header
+                .is_some_and(|(m, o, s)| m == ctx.manager && o == "Update" && s == ctx.subresource);
+            let fields = raw.get("fieldsV1").unwrap_or(&Value::Null);
+            let touched = owns_any(fields, &delta.gone)
+                || (!mine && owns_any(fields, &delta.changed))
+                || (mine && !recorded && !delta.changed.is_empty());
+            if !touched {
+                if header.is_some() {
+                    kept.push(raw);
+                }
+                continue;
             }
-            None => true,
+            Entry::parse(&raw)
+        } else {
+            Entry::parse(&raw)
+        }) else {
+            continue;
         };
-        if differs {
-            changed.insert(&path);
-        }
-    }
-    let gone = old_fields.difference(&new_fields);
-    for entry in entries.iter_mut() {
-        for path in gone.paths() {
+        for path in delta.gone.paths() {
             entry.fields.remove(&path);
         }
-        if !entry.is(ctx.manager, "Update", ctx.subresource) {
-            for path in changed.paths() {
+        if entry.is(ctx.manager, "Update", ctx.subresource) {
+            if !recorded && !delta.changed.is_empty() {
+                entry.fields.union(&delta.changed);
+                entry.time = ctx.now.to_string();
+                entry.api_version = ctx.api_version.to_string();
+                recorded = true;
+            }
+        } else {
+            for path in delta.changed.paths() {
                 entry.fields.remove(&path);
             }
         }
+        if !entry.fields.is_empty() {
+            kept.push(entry.render());
+        }
     }
-    if !changed.is_empty() {
-        match entries
-            .iter_mut()
-            .find(|e| e.is(ctx.manager, "Update", ctx.subresource))
-        {
-            Some(entry) => {
-                entry.fields.union(&changed);
-                entry.time = ctx.now.to_string();
-                entry.api_version = ctx.api_version.to_string();
-            }
-            None => entries.push(Entry {
+    if !recorded && !delta.changed.is_empty() {
+        kept.push(
+            Entry {
                 manager: ctx.manager.to_string(),
                 operation: "Update".into(),
                 api_version: ctx.api_version.to_string(),
                 time: ctx.now.to_string(),
                 subresource: ctx.subresource.to_string(),
-                fields: changed,
-            }),
-        }
+                fields: delta.changed,
+            }
+            .render(),
+        );
     }
-    write_entries(new, entries);
+    if !kept.is_empty() {
+        crate::object::meta_mut(new).insert("managedFields".into(), Value::Array(kept));
+    }
 }
 
 /// The manager name upstream derives from a User-Agent when no `fieldManager` is given:
@@ -788,5 +994,190 @@ mod tests {
             a2["spec"]["containers"],
             json!([{"name": "b", "image": "y"}])
         );
+    }
+
+    /// The straightforward form of [`track_update`]: both objects' fields collected whole and
+    /// every entry read and rendered.
+    fn reference_track_update(
+        old: Option<&Value>,
+        new: &mut Value,
+        ctx: &WriteContext,
+        ty: &dyn TypeInfo,
+    ) {
+        let mut entries = read_entries(Some(new));
+        let new_fields = owned_fields(new, ty, ctx.subresource);
+        let old_fields = old
+            .map(|o| owned_fields(o, ty, ctx.subresource))
+            .unwrap_or_default();
+        let mut changed = FieldSet::default();
+        for path in new_fields.paths() {
+            let differs = match old {
+                Some(o) => {
+                    !old_fields.contains(&path)
+                        || (is_leaf(new, &path) && value_at(o, &path) != value_at(new, &path))
+                }
+                None => true,
+            };
+            if differs {
+                changed.insert(&path);
+            }
+        }
+        let gone = old_fields.difference(&new_fields);
+        for entry in entries.iter_mut() {
+            for path in gone.paths() {
+                entry.fields.remove(&path);
+            }
+            if !entry.is(ctx.manager, "Update", ctx.subresource) {
+                for path in changed.paths() {
+                    entry.fields.remove(&path);
+                }
+            }
+        }
+        if !changed.is_empty() {
+            match entries
+                .iter_mut()
+                .find(|e| e.is(ctx.manager, "Update", ctx.subresource))
+            {
+                Some(entry) => {
+                    entry.fields.union(&changed);
+                    entry.time = ctx.now.to_string();
+                    entry.api_version = ctx.api_version.to_string();
+                }
+                None => entries.push(Entry {
+                    manager: ctx.manager.to_string(),
+                    operation: "Update".into(),
+                    api_version: ctx.api_version.to_string(),
+                    time: ctx.now.to_string(),
+                    subresource: ctx.subresource.to_string(),
+                    fields: changed,
+                }),
+            }
+        }
+        write_entries(new, entries);
+    }
+
+    fn mutate(pod: &mut Value, op: u8, r: u32) {
+        let labels = ["a", "b", "c"];
+        if !pod["status"].is_object() && matches!(op, 2 | 3 | 4 | 14 | 19) {
+            pod["status"] = json!({});
+        }
+        if matches!(op, 5 | 11 | 12)
+            && pod["spec"]["containers"]
+                .as_array()
+                .is_none_or(Vec::is_empty)
+        {
+            pod["spec"]["containers"] = json!([{"name": "c0"}]);
+        }
+        match op {
+            0 => pod["metadata"]["labels"][labels[r as usize % 3]] = json!(format!("v{r}")),
+            1 => {
+                if let Some(m) = pod["metadata"]["labels"].as_object_mut() {
+                    m.remove(labels[r as usize % 3]);
+                }
+            }
+            2 => pod["status"]["phase"] = json!(["Pending", "Running"][r as usize % 2]),
+            3 | 4 => {
+                let kind = format!("T{}", r % 3);
+                let mut items: Vec<Value> = pod["status"]["conditions"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                items.retain(|c| c["type"] != json!(kind));
+                if op == 3 {
+                    items.push(json!({"type": kind, "status": r.is_multiple_of(2).to_string()}));
+                }
+                pod["status"]["conditions"] = json!(items);
+            }
+            5 => pod["spec"]["containers"][0]["image"] = json!(format!("img{}", r % 3)),
+            6 => {
+                if let Some(a) = pod["spec"]["containers"].as_array_mut() {
+                    a.push(json!({"name": format!("c{}", r % 3), "image": "x"}));
+                }
+            }
+            7 => {
+                if let Some(a) = pod["spec"]["containers"].as_array_mut()
+                    && !a.is_empty()
+                {
+                    let i = r as usize % a.len();
+                    a.remove(i);
+                }
+            }
+            8 => pod["spec"]["nodeName"] = json!(format!("n{}", r % 2)),
+            9 => {
+                if let Some(m) = pod["spec"].as_object_mut() {
+                    m.remove("nodeName");
+                }
+            }
+            10 => pod["metadata"]["finalizers"] = json!([format!("f{}", r % 2), "g"]),
+            11 => {
+                pod["spec"]["containers"][0]["ports"] =
+                    json!([{"containerPort": r % 3, "protocol": "TCP"}])
+            }
+            12 => pod["spec"]["containers"][0]["env"] = json!([{"name": "E"}, {"name": "E"}]),
+            13 => pod["metadata"]["annotations"] = json!({}),
+            14 => pod["status"]["containerStatuses"] = json!([]),
+            15 => pod["spec"]["tolerations"] = json!([{"key": format!("k{}", r % 2)}]),
+            16 => pod["spec"]["containers"] = json!([]),
+            17 => pod["status"] = json!("odd"),
+            18 => {
+                if let Some(a) = pod["spec"]["containers"].as_array_mut() {
+                    a.push(json!({"image": "keyless"}));
+                }
+            }
+            _ => {
+                pod["status"]["containerStatuses"] =
+                    json!([{"name": "c0", "ready": r.is_multiple_of(2), "restartCount": r % 3}])
+            }
+        }
+    }
+
+    fn pod() -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "labels": {"a": "1"}},
+            "spec": {"containers": [{"name": "c0", "image": "img0"}]},
+            "status": {"phase": "Pending", "conditions": [{"type": "T0", "status": "False"}]},
+        })
+    }
+
+    proptest::proptest! {
+        /// Walking only what differs records exactly what collecting both objects whole does.
+        #[test]
+        fn tracking_matches_collecting_everything(
+            first in proptest::collection::vec((0u8..20, 0u32..1000), 0..8),
+            second in proptest::collection::vec((0u8..20, 0u32..1000), 0..8),
+            third in proptest::collection::vec((0u8..20, 0u32..1000), 0..8),
+            managers in proptest::collection::vec(0usize..3, 3),
+            status in proptest::collection::vec(proptest::bool::ANY, 3),
+        ) {
+            let ty = crate::strategic::apply_types::for_kind("v1", "Pod").unwrap();
+            let names = ["alice", "bob", "carol"];
+            let context = |i: usize| WriteContext {
+                manager: names[managers[i]],
+                api_version: "v1",
+                subresource: if status[i] { "status" } else { "" },
+                now: if i == 2 { "2026-01-02T00:00:00Z" } else { "2026-01-01T00:00:00Z" },
+            };
+            let mut created = pod();
+            for (op, r) in &first {
+                mutate(&mut created, *op, *r);
+            }
+            let mut expected = created.clone();
+            track_update(None, &mut created, &context(0), &ty);
+            reference_track_update(None, &mut expected, &context(0), &ty);
+            proptest::prop_assert_eq!(&created, &expected);
+            let mut current = created;
+            for (step, ops) in [(1, &second), (2, &third)] {
+                let mut next = current.clone();
+                for (op, r) in ops {
+                    mutate(&mut next, *op, *r);
+                }
+                let mut expected = next.clone();
+                track_update(Some(&current), &mut next, &context(step), &ty);
+                reference_track_update(Some(&current), &mut expected, &context(step), &ty);
+                proptest::prop_assert_eq!(&next, &expected);
+                current = next;
+            }
+        }
     }
 }
