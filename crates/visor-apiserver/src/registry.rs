@@ -8,6 +8,7 @@
 //! The few behaviours upstream hard-codes for particular kinds live in small, named functions
 //! here: graceful pod deletion, namespace termination, the scale view.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use visor_store::cache::WatchCache;
-use visor_store::{DynStore, RangeRequest, Revision, StoreError, TxnWrite};
+use visor_store::{DynStore, KeyValue, RangeRequest, Revision, StoreError, TxnWrite};
 
 use crate::admission::quota::{Charge, ChargeRequest};
 use crate::errors::{ApiError, ApiResult, qualified};
@@ -85,21 +86,32 @@ enum Step {
     Written(Value),
     /// Decided without a write (no change, or a dry run); the object as it would be.
     Unwritten(Value),
-    /// Lost a compare-and-swap race.
-    Raced,
+    /// Lost a compare-and-swap race; the key's present value, as the store answered it.
+    Raced(Option<KeyValue>),
 }
 
 impl Step {
-    /// The attempt's outcome if it stands; `None` to try again from the store: after a lost
-    /// race, or when a cached copy decided without a write.
-    fn settle(step: ApiResult<Step>, cached: bool) -> Option<ApiResult<Value>> {
+    /// The attempt's outcome if it stands; otherwise where the next attempt reads the object:
+    /// after a lost race, the present value the store answered with; when a cached copy
+    /// decided without a write, the store.
+    fn settle(step: ApiResult<Step>, cached: bool) -> ControlFlow<ApiResult<Value>, ReadFrom> {
         match step {
-            Ok(Step::Written(object)) => Some(Ok(object)),
-            Ok(Step::Unwritten(object)) if !cached => Some(Ok(object)),
-            Err(e) if !cached => Some(Err(e)),
-            _ => None,
+            Ok(Step::Written(object)) => ControlFlow::Break(Ok(object)),
+            Ok(Step::Unwritten(object)) if !cached => ControlFlow::Break(Ok(object)),
+            Err(e) if !cached => ControlFlow::Break(Err(e)),
+            Ok(Step::Raced(Some(present))) => ControlFlow::Continue(ReadFrom::Known(present)),
+            _ => ControlFlow::Continue(ReadFrom::Store),
         }
     }
+}
+
+/// Where a write's attempt reads the object it starts from.
+enum ReadFrom {
+    /// The watch cache's copy when it has one (a first attempt, which saves a store read).
+    Cache,
+    Store,
+    /// The key's value as a failed compare-and-swap returned it: as current as a read.
+    Known(KeyValue),
 }
 
 /// Selectors of a list or watch, parsed and checked against the kind's selectable fields.
@@ -309,13 +321,10 @@ impl Registry {
             .await
             .map_err(|e| ApiError::from_store(e, scope.group(), scope.resource(), name))?;
         let kv = kv.ok_or_else(|| scope.not_found(name))?;
-        let value = object::from_kv(&kv)
-            .ok_or_else(|| ApiError::internal(format!("stored object {key} is not JSON")))?;
-        Ok((value, kv.mod_revision))
+        stored_value(&kv)
     }
 
-    /// The object a write starts from: the watch cache's copy when `cached` and the cache has
-    /// one, else the store's. The flag says which it was.
+    /// The object a write starts from, its revision, and whether it is the watch cache's copy.
     ///
     /// Like upstream's cacher, a write's first attempt saves the store read: its
     /// compare-and-swap on the copy's revision fails if the copy was stale. Whatever a stale
@@ -325,16 +334,23 @@ impl Registry {
         &self,
         scope: &Scope,
         name: &str,
-        cached: bool,
+        from: ReadFrom,
     ) -> ApiResult<(Value, Revision, bool)> {
-        if cached {
-            let key = scope.def.key(scope.namespace.as_deref(), name);
-            if let Some(copy) = self.cache.get(&key) {
-                let value = copy.value();
-                if value.is_object() {
-                    return Ok((value, copy.revision, true));
+        match from {
+            ReadFrom::Cache => {
+                let key = scope.def.key(scope.namespace.as_deref(), name);
+                if let Some(copy) = self.cache.get(&key) {
+                    let value = copy.value();
+                    if value.is_object() {
+                        return Ok((value, copy.revision, true));
+                    }
                 }
             }
+            ReadFrom::Known(kv) => {
+                let (value, revision) = stored_value(&kv)?;
+                return Ok((value, revision, false));
+            }
+            ReadFrom::Store => {}
         }
         let (value, revision) = self.get_current(scope, name).await?;
         Ok((value, revision, false))
@@ -885,11 +901,13 @@ impl Registry {
     {
         let def = scope.def.clone();
         let key = def.key(scope.namespace.as_deref(), name);
-        let mut from_cache = !dry_run;
+        let mut from = if dry_run {
+            ReadFrom::Store
+        } else {
+            ReadFrom::Cache
+        };
         for _ in 0..UPDATE_RETRIES {
-            let (current, revision, cached) =
-                self.current_for_write(scope, name, from_cache).await?;
-            from_cache = false;
+            let (current, revision, cached) = self.current_for_write(scope, name, from).await?;
             let step = async {
                 if let Some(expected) = precondition
                     && expected != revision
@@ -940,9 +958,7 @@ impl Registry {
                 if dry_run {
                     return Ok(Step::Unwritten(next));
                 }
-                let finished = object::is_deleting(&next)
-                    && object::finalizers(&next).is_empty()
-                    && !holds_namespace_finalizers(&def, &next);
+                let finished = deletes_during_update(&def, &current, &next);
                 let outcome = if finished {
                     self.store
                         .delete(&key, Some(revision))
@@ -963,7 +979,9 @@ impl Registry {
                         object::set_resource_version(&mut next, rev);
                         Ok(Step::Written(next))
                     }
-                    Err(StoreError::Conflict { .. }) if precondition.is_none() => Ok(Step::Raced),
+                    Err(StoreError::Conflict { current, .. }) if precondition.is_none() => {
+                        Ok(Step::Raced(current))
+                    }
                     Err(e) => Err(ApiError::from_store(
                         e,
                         scope.group(),
@@ -973,8 +991,11 @@ impl Registry {
                 }
             }
             .await;
-            if let Some(outcome) = Step::settle(step, cached) {
-                return outcome.map(|object| self.updated(&def, object));
+            match Step::settle(step, cached) {
+                ControlFlow::Break(outcome) => {
+                    return outcome.map(|object| self.updated(&def, object));
+                }
+                ControlFlow::Continue(next) => from = next,
             }
         }
         Err(ApiError::conflict(
@@ -995,11 +1016,13 @@ impl Registry {
     ) -> ApiResult<Value> {
         let def = scope.def.clone();
         let key = def.key(scope.namespace.as_deref(), name);
-        let mut from_cache = !options.dry_run;
+        let mut from = if options.dry_run {
+            ReadFrom::Store
+        } else {
+            ReadFrom::Cache
+        };
         for _ in 0..UPDATE_RETRIES {
-            let (current, revision, cached) =
-                self.current_for_write(scope, name, from_cache).await?;
-            from_cache = false;
+            let (current, revision, cached) = self.current_for_write(scope, name, from).await?;
             let step = async {
                 options.check_preconditions(scope, name, &current, revision)?;
                 let mut next = current.clone();
@@ -1014,7 +1037,7 @@ impl Registry {
                             object::set_resource_version(&mut gone, rev);
                             Ok(Step::Written(gone))
                         }
-                        Err(StoreError::Conflict { .. }) => Ok(Step::Raced),
+                        Err(StoreError::Conflict { current, .. }) => Ok(Step::Raced(current)),
                         Err(e) => Err(ApiError::from_store(
                             e,
                             scope.group(),
@@ -1036,7 +1059,7 @@ impl Registry {
                         object::set_resource_version(&mut next, rev);
                         Ok(Step::Written(next))
                     }
-                    Err(StoreError::Conflict { .. }) => Ok(Step::Raced),
+                    Err(StoreError::Conflict { current, .. }) => Ok(Step::Raced(current)),
                     Err(e) => Err(ApiError::from_store(
                         e,
                         scope.group(),
@@ -1046,8 +1069,11 @@ impl Registry {
                 }
             }
             .await;
-            if let Some(outcome) = Step::settle(step, cached) {
-                return outcome.map(|object| self.present(&def, object));
+            match Step::settle(step, cached) {
+                ControlFlow::Break(outcome) => {
+                    return outcome.map(|object| self.present(&def, object));
+                }
+                ControlFlow::Continue(next) => from = next,
             }
         }
         Err(ApiError::conflict(
@@ -1637,6 +1663,27 @@ fn mark_for_deletion(def: &ResourceDef, obj: &mut Value, options: &DeleteOptions
         obj["status"]["phase"] = json!("Terminating");
     }
     true
+}
+
+/// A stored object as a value, with its revision.
+fn stored_value(kv: &KeyValue) -> ApiResult<(Value, Revision)> {
+    let value = object::from_kv(kv)
+        .ok_or_else(|| ApiError::internal(format!("stored object {} is not JSON", kv.key)))?;
+    Ok((value, kv.mod_revision))
+}
+
+/// Whether an update completes a pending deletion, as upstream decides: the object was marked
+/// for deletion with no grace period left to wait out, and the update leaves no finalizers. A
+/// pod in its grace period stays until its kubelet deletes it, whatever status it reports.
+fn deletes_during_update(def: &ResourceDef, current: &Value, next: &Value) -> bool {
+    let grace = meta(current)
+        .and_then(|m| m.get("deletionGracePeriodSeconds"))
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    object::is_deleting(current)
+        && grace == 0
+        && object::finalizers(next).is_empty()
+        && !holds_namespace_finalizers(def, next)
 }
 
 /// Upstream deletes a pod at once unless a kubelet must stop it first: the pod is bound to a

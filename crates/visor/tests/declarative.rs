@@ -1,6 +1,7 @@
 //! Declarative work with the real kubectl, beyond apply itself: `kubectl diff`, each patch
 //! type through `kubectl patch --type`, `kubectl explain` on a custom resource's nested field,
-//! and a finalizer holding a deletion until it is removed.
+//! a finalizer holding a deletion until it is removed, and a pod's grace period holding its
+//! deletion through status updates until its host deletes it.
 
 mod common;
 
@@ -12,7 +13,8 @@ backend_tests!(
     diff_shows_what_apply_would_change,
     every_patch_type,
     explain_a_custom_resource,
-    finalizer_holds_deletion
+    finalizer_holds_deletion,
+    grace_period_holds_pod_through_status_updates
 );
 
 const CONFIGMAP: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: default\ndata:\n  mode: fast\n";
@@ -198,4 +200,31 @@ fn finalizer_holds_deletion(backend: Backend) {
     ]);
     let err = server.fails(&["get", "cm", "held"]);
     assert!(err.contains(r#"configmaps "held" not found"#), "{err}");
+}
+
+fn grace_period_holds_pod_through_status_updates(backend: Backend) {
+    let server = TestServer::start(backend);
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: graceful\n  namespace: default\nspec:\n  nodeName: host-a\n  containers: [{name: c, image: busybox}]\n";
+    server.ok_stdin(&["apply", "-f", "-"], pod);
+    server.ok(&["delete", "pod", "graceful", "--wait=false"]);
+    let deleting = server.json(&["get", "pod", "graceful"]);
+    assert_eq!(
+        deleting["metadata"]["deletionGracePeriodSeconds"], 30,
+        "{deleting}"
+    );
+    // The host reports the containers stopping; the pod stays until the host deletes it.
+    server.ok(&[
+        "patch",
+        "pod",
+        "graceful",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Succeeded"}}"#,
+    ]);
+    let stopped = server.json(&["get", "pod", "graceful"]);
+    assert_eq!(stopped["status"]["phase"], "Succeeded", "{stopped}");
+    server.ok(&["delete", "pod", "graceful", "--grace-period=0", "--force"]);
+    let err = server.fails(&["get", "pod", "graceful"]);
+    assert!(err.contains(r#"pods "graceful" not found"#), "{err}");
 }

@@ -182,8 +182,16 @@ impl Worker {
                     .max(0) as u64;
                 self.teardown(Duration::from_secs(grace)).await;
                 self.report(&pod, true).await;
-                self.finish_deletion(&pod).await;
-                // Wait for the deletion to show (or the pod to come back changed).
+                if self.finish_deletion(&pod).await {
+                    // Gone from the API: later events of this pod are older than its deletion.
+                    while updates.changed().await.is_ok() {
+                        if updates.borrow_and_update().is_none() {
+                            break;
+                        }
+                    }
+                    return;
+                }
+                // Not deleted yet: look again when the pod changes.
                 if updates.changed().await.is_err() {
                     return;
                 }
@@ -945,8 +953,9 @@ impl Worker {
         self.shared.directory.forget(&self.uid);
     }
 
-    /// Deletes the pod for good once it has stopped here, as the kubelet does.
-    async fn finish_deletion(&self, pod: &Pod) {
+    /// Deletes the pod for good once it has stopped here, as the kubelet does. Returns whether
+    /// this pod is gone from the API.
+    async fn finish_deletion(&self, pod: &Pod) -> bool {
         let api: Api<Pod> = Api::namespaced(
             self.shared.client.clone(),
             pod.metadata.namespace.as_deref().unwrap_or("default"),
@@ -963,9 +972,13 @@ impl Worker {
             .delete(pod.metadata.name.as_deref().unwrap_or(""), &params)
             .await
         {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => tracing::warn!(pod = %name_of(pod), "deleting: {e}"),
+            // 409: the name now belongs to another pod; this one is gone.
+            Ok(_) => true,
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => true,
+            Err(e) => {
+                tracing::warn!(pod = %name_of(pod), "deleting: {e}");
+                false
+            }
         }
     }
 }

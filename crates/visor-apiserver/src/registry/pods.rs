@@ -20,7 +20,7 @@
 use serde_json::{Value, json};
 use visor_store::StoreError;
 
-use super::{Registry, Scope};
+use super::{ReadFrom, Registry, Scope};
 use crate::errors::{ApiError, ApiResult};
 use crate::kinds::FieldError;
 use crate::object::{self, meta_mut};
@@ -146,11 +146,10 @@ impl Registry {
         }
         let uid = object::meta_str(&binding, "uid").filter(|u| !u.is_empty());
         let key = scope.def.key(scope.namespace.as_deref(), name);
-        let mut from_cache = true;
+        let mut from = ReadFrom::Cache;
         for _ in 0..RETRIES {
-            let (mut pod, revision, cached) =
-                self.current_for_write(scope, name, from_cache).await?;
-            from_cache = false;
+            let (mut pod, revision, cached) = self.current_for_write(scope, name, from).await?;
+            from = ReadFrom::Store;
             if let Some(refusal) = binding_refusal(&pod, name, uid) {
                 // A cached copy may be stale: refuse only on the store's word.
                 if cached {
@@ -169,7 +168,11 @@ impl Registry {
                 .await
             {
                 Ok(_) => return Ok(status_success(201)),
-                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::Conflict {
+                    current: Some(present),
+                    ..
+                }) => from = ReadFrom::Known(present),
+                Err(StoreError::Conflict { .. }) => {}
                 Err(e) => return Err(ApiError::from_store(e, "", "pods", name)),
             }
         }
