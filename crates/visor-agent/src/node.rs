@@ -250,8 +250,8 @@ pub async fn report_status(client: &kube::Client, host: &HostNode) -> anyhow::Re
 
 /// Keeps the host's Lease renewed and its Ready condition true until cancelled.
 ///
-/// Flow: renew the Lease every `lease_interval` (keeping the last written object, so a renewal
-/// is one PUT; a conflict re-reads it); every `status_interval`, read the Node and rewrite its
+/// Flow: renew the Lease every `lease_interval` (keeping the revision last written, so a
+/// renewal is one small patch conditional on it; a conflict re-reads the Lease); every `status_interval`, read the Node and rewrite its
 /// status when `Ready` is not `True` (the node lifecycle controller marks a silent host
 /// `Unknown`; the host says so again once it is back) or the heartbeat is old.
 pub async fn heartbeat(
@@ -269,7 +269,7 @@ pub async fn heartbeat(
     }
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let nodes: Api<Node> = Api::all(client.clone());
-    let mut kept: Option<Lease> = None;
+    let mut kept: Option<String> = None;
     let mut lease_tick = tokio::time::interval(lease_interval);
     lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status_tick = tokio::time::interval(status_interval);
@@ -278,8 +278,8 @@ pub async fn heartbeat(
     loop {
         tokio::select! {
             _ = lease_tick.tick() => {
-                match renew_lease(&leases, &host.name, &node_uid, kept.take()).await {
-                    Ok(lease) => kept = Some(lease),
+                match renew_lease(&client, &leases, &host.name, &node_uid, kept.take()).await {
+                    Ok(revision) => kept = Some(revision),
                     Err(e) => tracing::warn!(node = %host.name, "renewing the node lease: {e:#}"),
                 }
             }
@@ -317,12 +317,30 @@ fn needs_status(node: &Node, interval: Duration) -> bool {
     }
 }
 
+/// The part of a written Lease a renewal keeps: its revision. Reading no more of the answer
+/// spares decoding its managed fields on every renewal.
+#[derive(serde::Deserialize)]
+struct Written {
+    metadata: WrittenMeta,
+}
+
+#[derive(serde::Deserialize)]
+struct WrittenMeta {
+    #[serde(rename = "resourceVersion")]
+    resource_version: String,
+}
+
+/// Renews the host's Lease and returns the revision written. With the revision last written,
+/// a renewal is one merge patch of the spec on condition of that revision, as the kubelet's
+/// update of its last-written Lease is; without one, or when someone else wrote meanwhile,
+/// the Lease is read (or created) and replaced.
 async fn renew_lease(
+    client: &kube::Client,
     leases: &Api<Lease>,
     name: &str,
     node_uid: &str,
-    kept: Option<Lease>,
-) -> anyhow::Result<Lease> {
+    kept: Option<String>,
+) -> anyhow::Result<String> {
     let now = MicroTime(jiff::Timestamp::now());
     let spec = |acquire: Option<MicroTime>| LeaseSpec {
         holder_identity: Some(name.to_string()),
@@ -331,20 +349,31 @@ async fn renew_lease(
         acquire_time: acquire,
         ..Default::default()
     };
-    if let Some(mut lease) = kept {
-        let acquire = lease.spec.as_ref().and_then(|s| s.acquire_time.clone());
-        lease.spec = Some(spec(acquire));
-        match leases.replace(name, &PostParams::default(), &lease).await {
-            Ok(lease) => return Ok(lease),
+    if let Some(revision) = kept {
+        let patch = json!({
+            "metadata": {"resourceVersion": revision},
+            "spec": {
+                "holderIdentity": name,
+                "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+                "renewTime": now,
+            },
+        });
+        let request = kube::core::Request::new(leases.resource_url()).patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )?;
+        match client.request::<Written>(request).await {
+            Ok(written) => return Ok(written.metadata.resource_version),
             Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
     }
-    match leases.get_opt(name).await? {
+    let written = match leases.get_opt(name).await? {
         Some(mut lease) => {
             let acquire = lease.spec.as_ref().and_then(|s| s.acquire_time.clone());
             lease.spec = Some(spec(acquire.or(Some(now.clone()))));
-            Ok(leases.replace(name, &PostParams::default(), &lease).await?)
+            leases.replace(name, &PostParams::default(), &lease).await?
         }
         None => {
             let lease = Lease {
@@ -366,7 +395,11 @@ async fn renew_lease(
                 field_manager: Some(FIELD_MANAGER.into()),
                 ..Default::default()
             };
-            Ok(leases.create(&params, &lease).await?)
+            leases.create(&params, &lease).await?
         }
-    }
+    };
+    written
+        .metadata
+        .resource_version
+        .context("the server wrote the Lease without a resourceVersion")
 }

@@ -88,6 +88,23 @@ fn simulated_hosts_join_heartbeat_and_move_pods_through_their_phases() {
         serde_json::from_slice::<Value>(&out.stdout).ok()
     });
     assert_eq!(lease["spec"]["holderIdentity"], "sim-0002");
+    // Renewals move renewTime on and keep the holder and the time the Lease was acquired.
+    let read_lease = || server.json(&["get", "lease", "-n", "kube-node-lease", "sim-0002"]);
+    let renewed = eventually("sim-0002's Lease renewed twice", READY, || {
+        let now = read_lease();
+        let moved = |a: &Value, b: &Value| {
+            a["spec"]["renewTime"] != b["spec"]["renewTime"]
+                && a["metadata"]["resourceVersion"] != b["metadata"]["resourceVersion"]
+        };
+        (moved(&now, &lease) && {
+            std::thread::sleep(Duration::from_secs(3));
+            moved(&read_lease(), &now)
+        })
+        .then_some(now)
+    });
+    assert_eq!(renewed["spec"]["holderIdentity"], "sim-0002");
+    assert_eq!(renewed["spec"]["leaseDurationSeconds"], 40);
+    assert_eq!(renewed["spec"]["acquireTime"], lease["spec"]["acquireTime"]);
 
     server.ok_stdin(
         &["apply", "-f", "-"],
