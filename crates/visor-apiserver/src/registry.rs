@@ -114,6 +114,18 @@ enum ReadFrom {
     Known(KeyValue),
 }
 
+impl ReadFrom {
+    /// A first attempt reads the cache, but a dry run, which writes nothing to catch a stale
+    /// copy, reads the store.
+    fn first(dry_run: bool) -> ReadFrom {
+        if dry_run {
+            ReadFrom::Store
+        } else {
+            ReadFrom::Cache
+        }
+    }
+}
+
 /// Selectors of a list or watch, parsed and checked against the kind's selectable fields.
 #[derive(Clone, Default)]
 pub struct Filter {
@@ -901,11 +913,7 @@ impl Registry {
     {
         let def = scope.def.clone();
         let key = def.key(scope.namespace.as_deref(), name);
-        let mut from = if dry_run {
-            ReadFrom::Store
-        } else {
-            ReadFrom::Cache
-        };
+        let mut from = ReadFrom::first(dry_run);
         for _ in 0..UPDATE_RETRIES {
             let (current, revision, cached) = self.current_for_write(scope, name, from).await?;
             let step = async {
@@ -979,9 +987,9 @@ impl Registry {
                         object::set_resource_version(&mut next, rev);
                         Ok(Step::Written(next))
                     }
-                    Err(StoreError::Conflict { current, .. }) if precondition.is_none() => {
-                        Ok(Step::Raced(current))
-                    }
+                    Err(StoreError::Conflict {
+                        current: present, ..
+                    }) if precondition.is_none() => Ok(Step::Raced(present)),
                     Err(e) => Err(ApiError::from_store(
                         e,
                         scope.group(),
@@ -1016,11 +1024,7 @@ impl Registry {
     ) -> ApiResult<Value> {
         let def = scope.def.clone();
         let key = def.key(scope.namespace.as_deref(), name);
-        let mut from = if options.dry_run {
-            ReadFrom::Store
-        } else {
-            ReadFrom::Cache
-        };
+        let mut from = ReadFrom::first(options.dry_run);
         for _ in 0..UPDATE_RETRIES {
             let (current, revision, cached) = self.current_for_write(scope, name, from).await?;
             let step = async {
@@ -1037,7 +1041,9 @@ impl Registry {
                             object::set_resource_version(&mut gone, rev);
                             Ok(Step::Written(gone))
                         }
-                        Err(StoreError::Conflict { current, .. }) => Ok(Step::Raced(current)),
+                        Err(StoreError::Conflict {
+                            current: present, ..
+                        }) => Ok(Step::Raced(present)),
                         Err(e) => Err(ApiError::from_store(
                             e,
                             scope.group(),
@@ -1059,7 +1065,9 @@ impl Registry {
                         object::set_resource_version(&mut next, rev);
                         Ok(Step::Written(next))
                     }
-                    Err(StoreError::Conflict { current, .. }) => Ok(Step::Raced(current)),
+                    Err(StoreError::Conflict {
+                        current: present, ..
+                    }) => Ok(Step::Raced(present)),
                     Err(e) => Err(ApiError::from_store(
                         e,
                         scope.group(),
