@@ -564,6 +564,18 @@ impl Delta {
         delta
     }
 
+    /// Whether a stored `managedFields` entry loses or gains fields by this delta: it owns a
+    /// field that is gone, or one that changed if it is another manager's; the writer's own
+    /// entry gains the changes (the first such entry, until `recorded`).
+    fn touches(&self, raw: &Value, ctx: &WriteContext, recorded: bool) -> bool {
+        let mine = Entry::header(raw)
+            .is_some_and(|(m, o, s)| m == ctx.manager && o == "Update" && s == ctx.subresource);
+        let fields = raw.get("fieldsV1").unwrap_or(&Value::Null);
+        owns_any(fields, &self.gone)
+            || (!mine && owns_any(fields, &self.changed))
+            || (mine && !recorded && !self.changed.is_empty())
+    }
+
     /// Adds the delta of the values at `path`, descending through maps and keyed lists present
     /// on both sides.
     fn walk(
@@ -703,29 +715,20 @@ pub fn track_update(old: Option<&Value>, new: &mut Value, ctx: &WriteContext, ty
     };
     let mut kept = Vec::with_capacity(sent.len() + 1);
     let mut recorded = false;
+    let gone = delta.gone.paths();
+    let changed = delta.changed.paths();
     for raw in sent {
-        let Some(mut entry) = (if rendered_by_server {
-            let header = Entry::header(&raw);
-            let mine = header
-                .is_some_and(|(m, o, s)| m == ctx.manager && o == "Update" && s == ctx.subresource);
-            let fields = raw.get("fieldsV1").unwrap_or(&Value::Null);
-            let touched = owns_any(fields, &delta.gone)
-                || (!mine && owns_any(fields, &delta.changed))
-                || (mine && !recorded && !delta.changed.is_empty());
-            if !touched {
-                if header.is_some() {
-                    kept.push(raw);
-                }
-                continue;
+        if rendered_by_server && !delta.touches(&raw, ctx, recorded) {
+            if Entry::header(&raw).is_some() {
+                kept.push(raw);
             }
-            Entry::parse(&raw)
-        } else {
-            Entry::parse(&raw)
-        }) else {
+            continue;
+        }
+        let Some(mut entry) = Entry::parse(&raw) else {
             continue;
         };
-        for path in delta.gone.paths() {
-            entry.fields.remove(&path);
+        for path in &gone {
+            entry.fields.remove(path);
         }
         if entry.is(ctx.manager, "Update", ctx.subresource) {
             if !recorded && !delta.changed.is_empty() {
@@ -735,8 +738,8 @@ pub fn track_update(old: Option<&Value>, new: &mut Value, ctx: &WriteContext, ty
                 recorded = true;
             }
         } else {
-            for path in delta.changed.paths() {
-                entry.fields.remove(&path);
+            for path in &changed {
+                entry.fields.remove(path);
             }
         }
         if !entry.fields.is_empty() {
