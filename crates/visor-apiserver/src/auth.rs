@@ -65,9 +65,18 @@ pub struct Identity {
 impl Identity {
     /// The identity a verified client certificate carries.
     pub fn from_certificate(der: &[u8]) -> Option<Self> {
-        let (user, mut groups) = crate::pki::identity_from_cert(der)?;
-        groups.push(AUTHENTICATED.into());
-        Some(Identity { user, groups })
+        let (user, groups) = crate::pki::identity_from_cert(der)?;
+        let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+        Some(Self::authenticated(&user, &groups))
+    }
+
+    /// `user` in `groups`, and in the group of every authenticated user.
+    pub fn authenticated(user: &str, groups: &[&str]) -> Self {
+        let groups = groups.iter().copied().chain([AUTHENTICATED]);
+        Identity {
+            user: user.into(),
+            groups: groups.map(String::from).collect(),
+        }
     }
 }
 

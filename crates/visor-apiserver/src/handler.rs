@@ -9,7 +9,7 @@ use futures::StreamExt;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use serde_json::{Value, json};
 
 use crate::auth::Identity;
@@ -23,6 +23,12 @@ use crate::table::{self, IncludeObject};
 use crate::watch::{self, WatchFormat};
 
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// A request's body, whichever transport brought it: a connection's (`hyper`'s) or the
+/// in-process controllers' (see [`crate::loopback`]).
+pub type RequestBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Upstream's limit on request bodies.
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -157,7 +163,7 @@ fn encode(status: u16, format: Format, value: &Value) -> Response<Body> {
 impl Handler {
     pub async fn handle(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         identity: Option<Identity>,
     ) -> Response<Body> {
         let method = request.method().clone();
@@ -179,7 +185,7 @@ impl Handler {
 
     async fn route(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         identity: Option<Identity>,
         audit: Option<&mut crate::audit::AuditEvent>,
     ) -> ApiResult<Response<Body>> {
@@ -365,7 +371,7 @@ impl Handler {
 
     async fn resource(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         path: ResourcePath,
         query: Query,
         format: Format,
@@ -724,7 +730,7 @@ fn with_warnings(mut response: Response<Body>, warnings: &[String]) -> Response<
 }
 
 /// Reads a request body, refusing more than upstream's 3 MiB.
-async fn read_body(request: Request<Incoming>) -> ApiResult<Bytes> {
+async fn read_body(request: Request<RequestBody>) -> ApiResult<Bytes> {
     let mut body = request.into_body();
     let mut collected = bytes::BytesMut::new();
     let mut seen = 0usize;

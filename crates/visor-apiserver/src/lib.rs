@@ -25,6 +25,7 @@ pub mod discovery;
 pub mod errors;
 pub mod handler;
 pub mod kinds;
+pub mod loopback;
 pub mod object;
 pub mod openapi;
 pub mod patch;
@@ -82,9 +83,19 @@ pub struct RunningServer {
     /// The follower of Visor's users and groups.
     identities: tokio::task::JoinHandle<()>,
     audit: Arc<audit::AuditLog>,
+    handler: Arc<Handler>,
 }
 
 impl RunningServer {
+    /// A transport for clients inside this process, acting as `user` in `groups` (see
+    /// [`loopback`]). Requests still in flight at shutdown are dropped with their client.
+    pub fn loopback(&self, user: &str, groups: &[&str]) -> loopback::Loopback {
+        loopback::Loopback::new(
+            self.handler.clone(),
+            auth::Identity::authenticated(user, groups),
+        )
+    }
+
     /// Stops accepting connections, drains open ones, and stops background work.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
@@ -159,7 +170,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         node_proxy: Arc::new(proxy::NodeProxy::new(&config.pki)?),
     });
     let (shutdown, shutdown_rx) = signal::channel(false);
-    let serving = tokio::spawn(server::serve(listener, tls, handler, shutdown_rx));
+    let serving = tokio::spawn(server::serve(listener, tls, handler.clone(), shutdown_rx));
     let compactor = visor_store::compactor::spawn(config.store.clone(), COMPACTION_INTERVAL);
     tracing::info!(address = %local_addr, "API server ready");
     Ok(RunningServer {
@@ -172,6 +183,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         rbac,
         identities,
         audit,
+        handler,
     })
 }
 

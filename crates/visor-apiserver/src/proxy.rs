@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::errors::{ApiError, ApiResult};
-use crate::handler::Body;
+use crate::handler::{Body, RequestBody};
 use crate::kinds::Subresource;
 use crate::pki::Pki;
 use crate::registry::{Registry, Scope};
@@ -104,7 +104,7 @@ impl NodeProxy {
     pub async fn serve(
         &self,
         registry: &Registry,
-        mut request: Request<Incoming>,
+        mut request: Request<RequestBody>,
         scope: &Scope,
         name: &str,
         subresource: Subresource,

@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -13,7 +14,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::Identity;
-use crate::handler::Handler;
+use crate::handler::{BoxError, Handler};
 
 /// How long shutdown waits for open requests (watches included) before closing them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -71,9 +72,10 @@ pub async fn serve(
                 .peer_certificates()
                 .and_then(|certs| certs.first())
                 .and_then(|cert| Identity::from_certificate(cert));
-            let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
                 let handler = handler.clone();
                 let identity = identity.clone();
+                let mut request = request.map(|body| body.map_err(BoxError::from).boxed_unsync());
                 // For the audit log and login throttling.
                 request
                     .extensions_mut()

@@ -1,32 +1,21 @@
-//! Starts the controllers inside `visor server`, connected to the server like any client:
-//! over HTTPS with a certificate of their own.
+//! Starts the controllers inside `visor server`. They are API clients like any other; being in
+//! the same process, they reach the server through its in-process transport
+//! ([`visor_apiserver::loopback`]) as a user of their own.
 
-use anyhow::Context;
-use visor_apiserver::pki::Pki;
+use visor_apiserver::RunningServer;
 
-use crate::kubeconfig::Kubeconfig;
+/// The identity the in-process controllers act as (the controller manager's).
+pub const CONTROLLER_USER: &str = "system:visor-controller-manager";
 
-/// The identity the in-process controllers act as.
-const CONTROLLER_USER: &str = "system:visor-controller-manager";
+/// A client for code inside the server acting as `user`, an administrator.
+pub fn in_process_client(server: &RunningServer, user: &str) -> kube::Client {
+    kube::Client::new(server.loopback(user, &["system:masters"]), "default")
+}
 
 /// Spawns the controllers; they stop when the returned task is aborted.
-pub async fn spawn(url: &str, pki: &Pki) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let (cert, key) = pki
-        .issue_client_cert(CONTROLLER_USER, &["system:masters"])
-        .context("issuing the controllers' certificate")?;
-    let yaml = serde_saphyr::to_string(&Kubeconfig::admin(url, pki.ca_pem(), &cert, &key))
-        .context("encoding the controllers' kubeconfig")?;
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml)
-        .context("reading the controllers' kubeconfig")?;
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .context("configuring the controllers' client")?;
-    let client = kube::Client::try_from(config).context("building the controllers' client")?;
-    Ok(tokio::spawn(visor_controllers::run(
-        client,
+pub fn spawn(server: &RunningServer) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(visor_controllers::run(
+        in_process_client(server, CONTROLLER_USER),
         std::future::pending(),
-    )))
+    ))
 }

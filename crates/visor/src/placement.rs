@@ -1,24 +1,21 @@
 //! Placement inside `visor server`: the scheduler, and the controllers that take the server's
-//! placement settings (node lifecycle, zones, balancer). Each connects like any client, over
-//! HTTPS with a certificate of its own: the scheduler as `system:visor-scheduler`, the
-//! controllers as `system:visor-controller-manager`.
+//! placement settings (node lifecycle, zones, balancer). Each is an API client acting as a user
+//! of its own, through the server's in-process transport: the scheduler as
+//! `system:visor-scheduler`, the controllers as `system:visor-controller-manager`.
 //!
 //! The settings are `visor server` flags; each can also come from an environment variable
 //! (`VISOR_HOST_FAILURE_GRACE`, …), which is how tests that start a server set them.
 
 use std::time::Duration;
 
-use anyhow::Context;
-use visor_apiserver::pki::Pki;
+use visor_apiserver::RunningServer;
 use visor_controllers::balancer::{self, Mode};
 use visor_controllers::nodelifecycle;
 
-use crate::kubeconfig::Kubeconfig;
+use crate::controllers::{CONTROLLER_USER, in_process_client};
 
 /// The identity the scheduler acts as.
 const SCHEDULER_USER: &str = "system:visor-scheduler";
-/// The identity the placement controllers act as (the controller manager's).
-const CONTROLLER_USER: &str = "system:visor-controller-manager";
 
 /// `visor server`'s placement flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -86,31 +83,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-async fn client_for(url: &str, pki: &Pki, user: &str) -> anyhow::Result<kube::Client> {
-    let (cert, key) = pki
-        .issue_client_cert(user, &["system:masters"])
-        .with_context(|| format!("issuing the certificate of {user}"))?;
-    let yaml = serde_saphyr::to_string(&Kubeconfig::admin(url, pki.ca_pem(), &cert, &key))
-        .context("encoding a kubeconfig")?;
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).context("reading a kubeconfig")?;
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .context("configuring a client")?;
-    kube::Client::try_from(config).context("building a client")
-}
-
 /// Starts the scheduler and the placement controllers; they stop when the returned task is
 /// aborted.
-pub async fn spawn(
-    url: &str,
-    pki: &Pki,
-    args: &PlacementArgs,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let scheduler = client_for(url, pki, SCHEDULER_USER).await?;
-    let controllers = client_for(url, pki, CONTROLLER_USER).await?;
+pub fn spawn(server: &RunningServer, args: &PlacementArgs) -> tokio::task::JoinHandle<()> {
+    let scheduler = in_process_client(server, SCHEDULER_USER);
+    let controllers = in_process_client(server, CONTROLLER_USER);
     let lifecycle = nodelifecycle::Config {
         monitor_grace: args.node_monitor_grace,
         host_failure_grace: args.host_failure_grace,
@@ -130,12 +107,12 @@ pub async fn spawn(
         balancer = args.balancer.name(),
         "starting the scheduler and the placement controllers"
     );
-    Ok(tokio::spawn(async move {
+    tokio::spawn(async move {
         tokio::join!(
             visor_scheduler::runner::run(scheduler),
             visor_controllers::run_placement(controllers, lifecycle, balancing),
         );
-    }))
+    })
 }
 
 #[cfg(test)]

@@ -84,8 +84,8 @@ pub async fn run_with(options: ServerOptions, companion: Option<Companion>) -> a
     .context("starting the API server")?;
     let url = server_url(server.local_addr);
     tracing::info!(%url, "serving");
-    let controllers = crate::controllers::spawn(&url, &pki).await?;
-    let placement = crate::placement::spawn(&url, &pki, &options.placement).await?;
+    let controllers = crate::controllers::spawn(&server);
+    let placement = crate::placement::spawn(&server, &options.placement);
 
     let (cert, key) = pki
         .issue_client_cert("admin", &["system:masters"])

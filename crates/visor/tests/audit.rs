@@ -68,6 +68,20 @@ fn every_answered_request_is_audited_up_to_shutdown() {
             .is_some_and(|u| u.starts_with("/readyz") || u.starts_with("/healthz"))),
         "health probes are not audited"
     );
+    // The in-process controllers and scheduler are audited as themselves, like any client.
+    for user in ["system:visor-controller-manager", "system:visor-scheduler"] {
+        let watch = events
+            .iter()
+            .find(|e| e["verb"] == "watch" && e["user"]["username"] == user)
+            .unwrap_or_else(|| panic!("a watch by {user} is audited"));
+        assert_eq!(watch["sourceIPs"][0], "127.0.0.1", "{watch}");
+        assert!(
+            watch["userAgent"]
+                .as_str()
+                .is_some_and(|agent| agent.starts_with("visor/")),
+            "{watch}"
+        );
+    }
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(server.data_dir().join("audit/audit.log"))
             .unwrap()
