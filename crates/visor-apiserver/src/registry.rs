@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use visor_store::cache::WatchCache;
 use visor_store::{DynStore, KeyValue, RangeRequest, Revision, StoreError, TxnWrite};
 
-use crate::admission::quota::{Charge, ChargeRequest};
+use crate::admission::quota::Charge;
 use crate::errors::{ApiError, ApiResult, qualified};
 use crate::kinds::{Catalog, FieldError, ResourceDef, Subresource, validation};
 use crate::object::{self, CachedObject, meta, meta_mut};
@@ -33,8 +33,6 @@ mod pods;
 const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an unconditional update retries after losing a compare-and-swap race.
 const UPDATE_RETRIES: usize = 16;
-/// How often a write re-evaluates its quota charge after other writers changed the quotas.
-const CHARGE_RETRIES: usize = 64;
 
 /// The server's shared state for serving resources.
 pub struct Registry {
@@ -717,7 +715,7 @@ impl Registry {
                 key,
                 value: object::to_storage_bytes(&obj),
             };
-            match self.write_charged(scope, None, &obj, write, charge).await? {
+            match self.write_charged(write, charge).await? {
                 Ok(revision) => break revision,
                 // A generated name collided: upstream retries with a fresh one.
                 Err((StoreError::AlreadyExists(_), unspent)) if generate && attempts < 8 => {
@@ -746,53 +744,27 @@ impl Registry {
         })
     }
 
-    /// Stores an object's create or update together with its quota charge, in one store
-    /// transaction. A charge that lost a race to another writer of the same quota is evaluated
-    /// again (and may now be refused). The store's errors about the object itself come back
-    /// with the unspent charge, which still holds for another attempt at the same write.
+    /// Stores an object's create or update, with its quota charge if it has one (see
+    /// [`crate::admission::quota::write`]). The store's errors about the object itself come
+    /// back with the charge, which still holds for another attempt at the same write.
     async fn write_charged(
         &self,
-        scope: &Scope,
-        old: Option<&Value>,
-        new: &Value,
         write: TxnWrite,
-        mut charge: Option<Charge>,
+        charge: Option<Charge>,
     ) -> ApiResult<Result<Revision, (StoreError, Option<Charge>)>> {
-        for _ in 0..CHARGE_RETRIES {
-            let Some(charged) = charge.take() else {
-                let written = match write {
-                    TxnWrite::Create { key, value } => self.store.create(&key, value).await,
-                    TxnWrite::Update {
-                        key,
-                        value,
-                        expected,
-                    } => self.store.update(&key, value, expected).await,
-                };
-                return Ok(written.map_err(|e| (e, None)));
+        let Some(charge) = charge else {
+            let written = match write {
+                TxnWrite::Create { key, value } => self.store.create(&key, value).await,
+                TxnWrite::Update {
+                    key,
+                    value,
+                    expected,
+                } => self.store.update(&key, value, expected).await,
             };
-            let mut writes: Vec<TxnWrite> = charged.writes().collect();
-            writes.push(write.clone());
-            match self.store.transact(writes).await {
-                Ok(mut revisions) => {
-                    let object_revision = revisions.pop().expect("one revision per write");
-                    charged.stored(&revisions);
-                    return Ok(Ok(object_revision));
-                }
-                Err(StoreError::Conflict { key, .. } | StoreError::NotFound(key))
-                    if charged.writes_key(&key) =>
-                {
-                    let request = ChargeRequest { scope, old, new };
-                    charge = charged.recharge(self, &request).await?;
-                }
-                Err(e) => return Ok(Err((e, Some(charged)))),
-            }
-        }
-        Err(ApiError::conflict(
-            "",
-            "resourcequotas",
-            "",
-            "too many concurrent quota updates; try again",
-        ))
+            return Ok(written.map_err(|e| (e, None)));
+        };
+        let written = crate::admission::quota::write(self, &charge, write).await?;
+        Ok(written.map_err(|e| (e, Some(charge))))
     }
 
     /// Replaces an object (`subresource` None), or its status, or a namespace's finalizers.
@@ -978,7 +950,7 @@ impl Registry {
                         value: object::to_storage_bytes(&next),
                         expected: revision,
                     };
-                    self.write_charged(scope, Some(&current), &next, write, charge)
+                    self.write_charged(write, charge)
                         .await?
                         .map_err(|(e, _)| e)
                 };

@@ -90,7 +90,7 @@ pub struct RangeRequest<'a> {
     pub revision: Option<Revision>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("key {0:?} already exists")]
     AlreadyExists(String),

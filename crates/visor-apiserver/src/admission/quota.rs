@@ -7,43 +7,77 @@
 //! compute resource unnamed is refused (`failed quota: …: must specify …`), a key the quota
 //! controller has not counted yet is refused (`status unknown for quota`), and a charge that
 //! would pass `spec.hard` is refused (`exceeded quota: …, requested: …, used: …, limited: …`);
-//! (4) otherwise each touched quota's `status.used` is written with compare-and-swap on the
-//! revision it was read at, in one store transaction with the object itself; a lost race
-//! re-reads the quotas from the store and starts again.
+//! (4) otherwise the write joins its namespace's queue of charged writes ([`write`]). Whoever
+//! finds the queue idle starts a batch: it takes every write waiting, checks their charges
+//! again one after another against the quotas as they will stand, and stores each touched
+//! quota's new `status.used` — compare-and-swap on the revision it was read at — together with
+//! every admitted object in one store transaction. A lost race re-reads the quotas from the
+//! store and evaluates the batch again; a write the store refuses (a name taken, a stale
+//! update) leaves the batch with its error and the rest is evaluated again without it.
 //!
 //! Guarantees: no quota's `status.used` ever passes its `spec.hard` through admission, and
 //! two writes never both spend the same units, whichever API server (sharing one store)
-//! admits them — the store's compare-and-swap orders them. Within one server, charges to a
-//! namespace are also serialised by a lock, so concurrent creates queue instead of retrying.
-//!
-//! Because charge and object are one transaction, a write that fails (a name taken, a stale
-//! update) charges nothing, and a create costs one commit, not two. Deletes release nothing here:
-//! the quota controller recounts after them. Limits come from `spec.hard` directly, so an
-//! edited limit binds the next write even before the controller copies it to `status.hard`.
+//! admits them — the store's compare-and-swap orders them. Because charges and objects are
+//! one transaction, a write that fails charges nothing. Concurrent writes to one namespace
+//! share one quota update per batch (as upstream's quota evaluator batches them), so a quota
+//! does not serialise a namespace's writers behind one commit each. Deletes release nothing
+//! here: the quota controller recounts after them. Limits come from `spec.hard` directly, so
+//! an edited limit binds the next write even before the controller copies it to `status.hard`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use serde_json::{Value, json};
-use tokio::sync::OwnedMutexGuard;
-use visor_store::{Revision, TxnWrite};
+use tokio::sync::oneshot;
+use visor_store::cache::WatchCache;
+use visor_store::{DynStore, Revision, StoreError, TxnWrite};
 
 use super::usage::{self, ResourceList};
 use crate::errors::{ApiError, ApiResult, qualified};
-use crate::object;
+use crate::kinds::validation::Quantity;
+use crate::object::{self, CachedObject};
 use crate::registry::{Registry, Scope};
 
-/// The quotas of a namespace as this server last wrote them (the watch cache may lag behind
-/// its own writes), behind the lock that serialises this server's charges to them.
-type Charged = HashMap<String, (Revision, Arc<Value>)>;
+type QuotaCache = WatchCache<CachedObject>;
 
-static NAMESPACE_LOCKS: LazyLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Charged>>>>> =
+/// How often a batch is evaluated again after other writers changed its quotas first.
+const CHARGE_RETRIES: usize = 64;
+/// The most writes stored in one batch.
+const BATCH_LIMIT: usize = 256;
+
+/// A namespace's queue of charged writes, and its quotas as this server last wrote them (the
+/// watch cache may lag behind its own writes).
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Pending>,
+    /// Whether a batch is being stored; the writer of a batch takes the next one after it.
+    busy: bool,
+    written: HashMap<String, (Revision, Arc<Value>)>,
+}
+
+/// A charged write waiting for its batch.
+struct Pending {
+    charge: Charge,
+    write: TxnWrite,
+    done: Option<oneshot::Sender<ApiResult<Result<Revision, StoreError>>>>,
+}
+
+impl Pending {
+    fn answer(&mut self, outcome: ApiResult<Result<Revision, StoreError>>) {
+        if let Some(done) = self.done.take() {
+            // The writer may have gone (its client did): the write stands all the same.
+            let _ = done.send(outcome);
+        }
+    }
+}
+
+static QUEUES: LazyLock<Mutex<HashMap<String, Arc<Mutex<Queue>>>>> =
     LazyLock::new(Default::default);
 
-fn namespace_lock(prefix: &str) -> Arc<tokio::sync::Mutex<Charged>> {
-    NAMESPACE_LOCKS
+fn queue(prefix: &str) -> Arc<Mutex<Queue>> {
+    QUEUES
         .lock()
-        .expect("quota lock map")
+        .expect("quota queue map")
         .entry(prefix.to_string())
         .or_default()
         .clone()
@@ -56,8 +90,8 @@ type Parsed = HashMap<String, (Revision, Arc<Value>)>;
 static PARSED: LazyLock<Mutex<HashMap<String, Parsed>>> = LazyLock::new(Default::default);
 
 /// The namespace's quotas from the watch cache, each parsed once per revision.
-fn cached_quotas(registry: &Registry, prefix: &str) -> Vec<(String, Revision, Arc<Value>)> {
-    let (cached, _) = registry.cache.list(prefix);
+fn cached_quotas(cache: &QuotaCache, prefix: &str) -> Vec<(String, Revision, Arc<Value>)> {
+    let (cached, _) = cache.list(prefix);
     if cached.is_empty() {
         return Vec::new();
     }
@@ -72,7 +106,7 @@ fn cached_quotas(registry: &Registry, prefix: &str) -> Vec<(String, Revision, Ar
                 Some((revision, value)) if *revision == obj.revision => value.clone(),
                 _ => Arc::new(obj.value()),
             };
-            // A charge this server stored is kept parsed until the cache catches up with it.
+            // A quota this server wrote is kept parsed until the cache catches up with it.
             let keep = match known {
                 Some((revision, newer)) if *revision > obj.revision => (*revision, newer.clone()),
                 _ => (obj.revision, value.clone()),
@@ -85,73 +119,40 @@ fn cached_quotas(registry: &Registry, prefix: &str) -> Vec<(String, Revision, Ar
     quotas
 }
 
+/// Remembers quotas this server wrote as parsed, for when the watch cache brings them.
+fn remember_parsed(prefix: &str, written: &[(String, (Revision, Arc<Value>))]) {
+    let mut parsed = PARSED.lock().expect("parsed quota map");
+    let parsed = parsed.entry(prefix.to_string()).or_default();
+    for (key, written) in written {
+        parsed.insert(key.clone(), written.clone());
+    }
+}
+
 /// The storage prefix of a namespace's ResourceQuotas.
 fn quota_prefix(namespace: &str) -> String {
     format!("/registry/core/resourcequotas/{namespace}/")
 }
 
-/// A write's charge to the quotas of its namespace, admitted but not yet stored: the quotas
-/// with the charge added, each with the revision it was read at. The registry stores them in
-/// one transaction with the object ([`Charge::writes`]), so a quota is charged exactly when the
-/// object is written. Holding a charge holds this server's lock on the namespace's quotas.
+/// A write's charge to the quotas of its namespace, admitted against the quotas as they stood
+/// at admission. [`write`] stores the write with the charge, checked again then.
+#[derive(Clone)]
 pub(crate) struct Charge {
-    charged: OwnedMutexGuard<Charged>,
     /// The storage prefix of the namespace's quotas.
     prefix: String,
-    updates: Vec<(String, Revision, Value)>,
+    /// The namespace's queue of charged writes.
+    queue: Arc<Mutex<Queue>>,
+    group: String,
+    resource: String,
+    /// The object's name, for refusals.
+    name: String,
+    delta: ResourceList,
 }
 
-/// What a write needs to redo its charge against newer quotas.
+/// What a write needs to have its charge evaluated.
 pub(crate) struct ChargeRequest<'a> {
     pub scope: &'a Scope,
     pub old: Option<&'a Value>,
     pub new: &'a Value,
-}
-
-impl Charge {
-    /// The compare-and-swap writes of the charged quotas, to store with the object.
-    pub(crate) fn writes(&self) -> impl Iterator<Item = TxnWrite> + '_ {
-        self.updates
-            .iter()
-            .map(|(key, revision, quota)| TxnWrite::Update {
-                key: key.clone(),
-                value: object::to_storage_bytes(quota),
-                expected: *revision,
-            })
-    }
-
-    /// Whether `key` is one of the quotas this charge writes.
-    pub(crate) fn writes_key(&self, key: &str) -> bool {
-        self.updates.iter().any(|(k, _, _)| k == key)
-    }
-
-    /// Records the charge as stored, at `revisions` (one per [`Charge::writes`], in order), so
-    /// that this server's next charge builds on it even before the watch cache has it.
-    pub(crate) fn stored(mut self, revisions: &[Revision]) {
-        let mut parsed = PARSED.lock().expect("parsed quota map");
-        for ((key, _, quota), revision) in self.updates.drain(..).zip(revisions) {
-            let quota = Arc::new(quota);
-            // The watch cache will hold this revision next: it need not be parsed again.
-            parsed
-                .entry(self.prefix.clone())
-                .or_default()
-                .insert(key.clone(), (*revision, quota.clone()));
-            self.charged.insert(key, (*revision, quota));
-        }
-    }
-
-    /// Evaluates the charge again after another writer changed a quota first: the quotas are
-    /// read from the store this time. Counts as one of the write's attempts.
-    pub(crate) async fn recharge(
-        mut self,
-        registry: &Registry,
-        request: &ChargeRequest<'_>,
-    ) -> ApiResult<Option<Charge>> {
-        for (key, _, _) in &self.updates {
-            self.charged.remove(key);
-        }
-        evaluate_all(registry, request, self.charged, Quotas::FromStore).await
-    }
 }
 
 /// Charges a create (`old` None) or update of `new` to the quotas of its namespace, or
@@ -167,7 +168,7 @@ pub(crate) async fn charge(
         return Ok(None);
     };
     let prefix = quota_prefix(namespace);
-    let cached = cached_quotas(registry, &prefix);
+    let cached = cached_quotas(&registry.cache, &prefix);
     if cached.is_empty() {
         return Ok(None);
     }
@@ -176,26 +177,241 @@ pub(crate) async fn charge(
         // A quota's own writes (and the status writes below) are not charged to quotas.
         return Ok(None);
     }
-    // Quotas that constrain nothing this write charges are not touched (nor locked).
+    // Quotas that constrain nothing this write charges are not evaluated.
     let relevant = cached.iter().any(|(_, _, quota)| {
         hard_keys(quota)
             .iter()
             .any(|k| usage::resource_covers(group, resource, k))
     });
-    if !relevant || delta(request).is_empty() {
+    let delta = delta(request);
+    if !relevant || delta.is_empty() {
         return Ok(None);
     }
-    let lock = namespace_lock(&prefix);
-    let (charged, cached) = match lock.clone().try_lock_owned() {
-        Ok(charged) => (charged, cached),
-        // Another charge went first: the quotas it wrote may be in the cache by now.
-        Err(_) => {
-            let charged = lock.lock_owned().await;
-            (charged, cached_quotas(registry, &prefix))
-        }
+    // Refuse now what the quotas refuse as they stand; the batch checks the amounts again.
+    let queue = queue(&prefix);
+    let written = queue.lock().expect("quota queue").written.clone();
+    let mut charges = false;
+    for (_, _, quota) in newest(cached, &written) {
+        charges |= evaluate(group, resource, request.new, request.old, &delta, &quota)?;
+    }
+    Ok((charges && !dry_run).then(|| Charge {
+        prefix,
+        queue,
+        group: group.to_string(),
+        resource: resource.to_string(),
+        name: object::name(request.new).to_string(),
+        delta,
+    }))
+}
+
+/// Stores `write` with its charge: in the namespace's next batch, or refused (403) if the
+/// quotas no longer have room by then. The store's errors about the object itself come back
+/// as they are (`Ok(Err(..))`); the charge still holds for another attempt at the same write.
+pub(crate) async fn write(
+    registry: &Registry,
+    charge: &Charge,
+    write: TxnWrite,
+) -> ApiResult<Result<Revision, StoreError>> {
+    let queue = charge.queue.clone();
+    let (done, outcome) = oneshot::channel();
+    let pending = Pending {
+        charge: charge.clone(),
+        write,
+        done: Some(done),
     };
-    let charge = evaluate_all(registry, request, charged, Quotas::Cached(cached)).await?;
-    Ok(charge.filter(|_| !dry_run))
+    let start = {
+        let mut queue = queue.lock().expect("quota queue");
+        queue.waiting.push(pending);
+        !std::mem::replace(&mut queue.busy, true)
+    };
+    if start {
+        // The batches go on in a task of their own: a writer whose request is abandoned does
+        // not strand the writes queued behind it.
+        tokio::spawn(store_batches(
+            registry.store.clone(),
+            registry.cache.clone(),
+            charge.prefix.clone(),
+            queue,
+        ));
+    }
+    outcome
+        .await
+        .map_err(|_| ApiError::internal("the quota batch was abandoned"))?
+}
+
+/// Stores the namespace's waiting writes, batch after batch, until none is left.
+async fn store_batches(
+    store: DynStore,
+    cache: Arc<QuotaCache>,
+    prefix: String,
+    queue: Arc<Mutex<Queue>>,
+) {
+    loop {
+        let (mut batch, written) = {
+            let mut queue = queue.lock().expect("quota queue");
+            if queue.waiting.is_empty() {
+                queue.busy = false;
+                return;
+            }
+            (take_batch(&mut queue.waiting), queue.written.clone())
+        };
+        let stored = store_batch(&store, &cache, &prefix, &mut batch, written).await;
+        let mut queue = queue.lock().expect("quota queue");
+        match stored {
+            Ok(quotas) => {
+                remember_parsed(&prefix, &quotas);
+                queue.written.extend(quotas);
+            }
+            Err(e) => {
+                for mut pending in batch {
+                    pending.answer(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Up to [`BATCH_LIMIT`] waiting writes, in order, no two of the same key (the later waits
+/// for the next batch).
+fn take_batch(waiting: &mut Vec<Pending>) -> Vec<Pending> {
+    let mut keys = HashSet::new();
+    let mut batch = Vec::new();
+    let mut rest = Vec::new();
+    for pending in waiting.drain(..) {
+        if batch.len() < BATCH_LIMIT && keys.insert(write_key(&pending.write).to_string()) {
+            batch.push(pending);
+        } else {
+            rest.push(pending);
+        }
+    }
+    *waiting = rest;
+    batch
+}
+
+fn write_key(write: &TxnWrite) -> &str {
+    match write {
+        TxnWrite::Create { key, .. } | TxnWrite::Update { key, .. } => key,
+    }
+}
+
+/// Evaluates and stores one batch. Each write leaves `batch` with its answer; `Ok` carries
+/// the quotas as written, `Err` an error for every write still in the batch.
+async fn store_batch(
+    store: &DynStore,
+    cache: &QuotaCache,
+    prefix: &str,
+    batch: &mut Vec<Pending>,
+    written: HashMap<String, (Revision, Arc<Value>)>,
+) -> ApiResult<Vec<(String, (Revision, Arc<Value>))>> {
+    let mut quotas = newest(cached_quotas(cache, prefix), &written);
+    let mut races = 0;
+    while races < CHARGE_RETRIES {
+        // Each write's charge on top of those before it; a refused one is answered now.
+        let mut next: Vec<Option<Arc<Value>>> = vec![None; quotas.len()];
+        batch.retain_mut(|pending| {
+            let charge = &pending.charge;
+            let mut added = Vec::new();
+            for (i, (_, _, stored)) in quotas.iter().enumerate() {
+                let quota = next[i].as_deref().unwrap_or(stored);
+                match add_charge(charge, quota) {
+                    Ok(Some(charged)) => added.push((i, charged)),
+                    Ok(None) => {}
+                    Err(refused) => {
+                        pending.answer(Err(refused));
+                        return false;
+                    }
+                }
+            }
+            for (i, charged) in added {
+                next[i] = Some(Arc::new(charged));
+            }
+            true
+        });
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let changed: Vec<(String, Revision, Arc<Value>)> = quotas
+            .iter()
+            .zip(&next)
+            .filter_map(|((key, revision, _), next)| Some((key.clone(), *revision, next.clone()?)))
+            .collect();
+        let writes = changed
+            .iter()
+            .map(|(key, revision, quota)| TxnWrite::Update {
+                key: key.clone(),
+                value: object::to_storage_bytes(quota),
+                expected: *revision,
+            })
+            .chain(batch.iter().map(|pending| pending.write.clone()))
+            .collect();
+        match store.transact(writes).await {
+            Ok(revisions) => {
+                tracing::debug!(%prefix, writes = batch.len(), "stored a batch of charged writes");
+                let (quota_revisions, object_revisions) = revisions.split_at(changed.len());
+                for (mut pending, revision) in batch.drain(..).zip(object_revisions) {
+                    pending.answer(Ok(Ok(*revision)));
+                }
+                return Ok(changed
+                    .into_iter()
+                    .zip(quota_revisions)
+                    .map(|((key, _, quota), revision)| (key, (*revision, quota)))
+                    .collect());
+            }
+            Err(StoreError::Conflict { key, .. } | StoreError::NotFound(key))
+                if changed.iter().any(|(k, _, _)| *k == key) =>
+            {
+                races += 1;
+                quotas = read_stored_quotas(store, prefix).await?;
+            }
+            Err(e) => {
+                // The store names the write it refused: that one is answered, the rest retried.
+                let refused = store_error_key(&e)
+                    .and_then(|key| batch.iter().position(|p| write_key(&p.write) == key));
+                let Some(position) = refused else {
+                    // Not about one write (the store failed): every write gets the error.
+                    for mut pending in batch.drain(..) {
+                        pending.answer(Ok(Err(e.clone())));
+                    }
+                    return Ok(Vec::new());
+                };
+                batch.remove(position).answer(Ok(Err(e)));
+                if batch.is_empty() {
+                    return Ok(Vec::new());
+                }
+            }
+        }
+    }
+    Err(ApiError::conflict(
+        "",
+        "resourcequotas",
+        "",
+        "too many concurrent quota updates; try again",
+    ))
+}
+/// The key a store error is about, for errors about one write of a transaction.
+fn store_error_key(e: &StoreError) -> Option<&str> {
+    match e {
+        StoreError::AlreadyExists(key)
+        | StoreError::NotFound(key)
+        | StoreError::Conflict { key, .. } => Some(key),
+        _ => None,
+    }
+}
+
+/// The cache's quotas, each replaced by this server's own later write of it, if any.
+fn newest(
+    cached: Vec<(String, Revision, Arc<Value>)>,
+    written: &HashMap<String, (Revision, Arc<Value>)>,
+) -> Vec<(String, Revision, Arc<Value>)> {
+    cached
+        .into_iter()
+        .map(|(key, cached_revision, cached)| match written.get(&key) {
+            Some((revision, value)) if *revision > cached_revision => {
+                (key, *revision, value.clone())
+            }
+            _ => (key, cached_revision, cached),
+        })
+        .collect()
 }
 
 /// What the write adds: its usage, less the old object's on updates (only growth is charged;
@@ -217,31 +433,6 @@ fn delta(request: &ChargeRequest<'_>) -> ResourceList {
     delta
 }
 
-async fn evaluate_all(
-    registry: &Registry,
-    request: &ChargeRequest<'_>,
-    charged: OwnedMutexGuard<Charged>,
-    quotas: Quotas,
-) -> ApiResult<Option<Charge>> {
-    let scope = request.scope;
-    let (group, resource) = (scope.def.group.as_str(), scope.def.plural.as_str());
-    let namespace = scope.namespace.as_deref().unwrap_or_default();
-    let delta = delta(request);
-    let prefix = quota_prefix(namespace);
-    let quotas = read_quotas(registry, &prefix, &charged, quotas).await?;
-    let mut updates = Vec::new();
-    for (key, revision, quota) in quotas {
-        if let Some(next) = evaluate(group, resource, request.new, request.old, &delta, &quota)? {
-            updates.push((key, revision, next));
-        }
-    }
-    Ok((!updates.is_empty()).then_some(Charge {
-        charged,
-        prefix,
-        updates,
-    }))
-}
-
 fn hard_keys(quota: &Value) -> Vec<String> {
     quota
         .pointer("/spec/hard")
@@ -250,43 +441,11 @@ fn hard_keys(quota: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Where a charge reads the namespace's quotas.
-enum Quotas {
-    /// The watch cache's copies (as [`cached_quotas`] returned them).
-    Cached(Vec<(String, Revision, Arc<Value>)>),
-    /// The store, after a lost race.
-    FromStore,
-}
-
-/// The namespace's quotas with the revisions to compare against: from the store after a lost
-/// race, else the newer of the cache's copy and this server's last write.
-async fn read_quotas(
-    registry: &Registry,
-    prefix: &str,
-    charged: &Charged,
-    quotas: Quotas,
-) -> ApiResult<Vec<(String, Revision, Arc<Value>)>> {
-    let cached = match quotas {
-        Quotas::Cached(cached) => cached,
-        Quotas::FromStore => return read_stored_quotas(registry, prefix).await,
-    };
-    Ok(cached
-        .into_iter()
-        .map(|(key, cached_revision, cached)| match charged.get(&key) {
-            Some((revision, value)) if *revision > cached_revision => {
-                (key, *revision, value.clone())
-            }
-            _ => (key, cached_revision, cached),
-        })
-        .collect())
-}
-
 async fn read_stored_quotas(
-    registry: &Registry,
+    store: &DynStore,
     prefix: &str,
 ) -> ApiResult<Vec<(String, Revision, Arc<Value>)>> {
-    let result = registry
-        .store
+    let result = store
         .range(visor_store::RangeRequest {
             prefix,
             start_after: None,
@@ -308,8 +467,8 @@ async fn read_stored_quotas(
         .collect())
 }
 
-/// Checks one quota against a charge. `Ok(Some(quota))` is the quota with the charge added
-/// to `status.used`; `Ok(None)` means the quota constrains nothing charged.
+/// Checks one quota against a write at admission: whether the quota constrains anything the
+/// write charges, or the refusal.
 fn evaluate(
     group: &str,
     resource: &str,
@@ -317,40 +476,93 @@ fn evaluate(
     old: Option<&Value>,
     delta: &ResourceList,
     quota: &Value,
-) -> ApiResult<Option<Value>> {
-    let name = object::name(quota).to_string();
-    let hard = usage::parse_list(quota.pointer("/spec/hard"));
-    let keys: Vec<&str> = hard
-        .keys()
-        .map(String::as_str)
-        .filter(|k| usage::resource_covers(group, resource, k))
-        .collect();
-    if keys.is_empty() {
-        return Ok(None);
-    }
-    let forbidden = |message: String| {
-        ApiError::forbidden(format!(
-            "{} \"{}\" is forbidden: {message}",
-            qualified(group, resource),
-            object::name(new)
-        ))
-    };
+) -> ApiResult<bool> {
+    let keys = constrained_keys(group, resource, quota);
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     if (group, resource) == ("", "pods")
         && old.is_none()
         && let Some(missing) = usage::pod_missing(new, &keys)
     {
-        return Err(forbidden(format!(
-            "failed quota: {name}: must specify {missing}"
-        )));
+        return Err(refusal(
+            group,
+            resource,
+            object::name(new),
+            format!(
+                "failed quota: {}: must specify {missing}",
+                object::name(quota)
+            ),
+        ));
     }
-    let charged: Vec<&str> = keys
-        .iter()
-        .copied()
+    Ok(room(group, resource, object::name(new), delta, quota)?.is_some())
+}
+
+/// `quota` with an admitted charge added to `status.used` (`None` if it constrains nothing
+/// charged), or the refusal if it no longer has room: [`evaluate`]'s check of the amounts,
+/// as a batch repeats it.
+fn add_charge(charge: &Charge, quota: &Value) -> ApiResult<Option<Value>> {
+    let Some(totals) = room(
+        &charge.group,
+        &charge.resource,
+        &charge.name,
+        &charge.delta,
+        quota,
+    )?
+    else {
+        return Ok(None);
+    };
+    let mut next = quota.clone();
+    let used: serde_json::Map<String, Value> = quota
+        .pointer("/status/used")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .chain(
+            totals
+                .into_iter()
+                .map(|(key, total)| (key, json!(total.canonical()))),
+        )
+        .collect();
+    next["status"]["used"] = Value::Object(used);
+    Ok(Some(next))
+}
+
+/// The keys of `quota`'s `spec.hard` that this kind's writes count against.
+fn constrained_keys(group: &str, resource: &str, quota: &Value) -> Vec<String> {
+    hard_keys(quota)
+        .into_iter()
+        .filter(|k| usage::resource_covers(group, resource, k))
+        .collect()
+}
+
+fn refusal(group: &str, resource: &str, name: &str, message: String) -> ApiError {
+    ApiError::forbidden(format!(
+        "{} \"{name}\" is forbidden: {message}",
+        qualified(group, resource),
+    ))
+}
+
+/// The new totals of the keys of `quota` that `delta` charges (`None` if it charges none), or
+/// the refusal when the quota has not counted a charged key yet or has no room left.
+fn room(
+    group: &str,
+    resource: &str,
+    object_name: &str,
+    delta: &ResourceList,
+    quota: &Value,
+) -> ApiResult<Option<Vec<(String, Quantity)>>> {
+    let name = object::name(quota);
+    let hard = usage::parse_list(quota.pointer("/spec/hard"));
+    let charged: Vec<&str> = hard
+        .keys()
+        .map(String::as_str)
+        .filter(|k| usage::resource_covers(group, resource, k))
         .filter(|k| delta.get(*k).is_some_and(|q| q.nanos > 0))
         .collect();
     if charged.is_empty() {
         return Ok(None);
     }
+    let forbidden = |message: String| refusal(group, resource, object_name, message);
     let used = usage::parse_list(quota.pointer("/status/used"));
     let unknown: Vec<&str> = charged
         .iter()
@@ -363,14 +575,14 @@ fn evaluate(
             unknown.join(",")
         )));
     }
-    let mut next_used = used.clone();
+    let mut totals = Vec::with_capacity(charged.len());
     let mut exceeded = Vec::new();
     for key in &charged {
         let total = usage::add(used[*key], delta[*key]);
         if total > hard[*key] {
             exceeded.push(key.to_string());
         }
-        next_used.insert(key.to_string(), total);
+        totals.push((key.to_string(), total));
     }
     if !exceeded.is_empty() {
         let mask = |list: &ResourceList| -> ResourceList {
@@ -386,21 +598,7 @@ fn evaluate(
             usage::pretty(&mask(&hard)),
         )));
     }
-    let mut next = quota.clone();
-    let used_json: serde_json::Map<String, Value> = quota
-        .pointer("/status/used")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .chain(
-            charged
-                .iter()
-                .map(|k| (k.to_string(), json!(next_used[*k].canonical()))),
-        )
-        .collect();
-    next["status"]["used"] = Value::Object(used_json);
-    Ok(Some(next))
+    Ok(Some(totals))
 }
 
 #[cfg(test)]
@@ -419,9 +617,22 @@ mod tests {
         ]}})
     }
 
+    /// Admission's check, then the batch's.
     fn check(quota: &Value, pod: &Value) -> ApiResult<Option<Value>> {
         let delta = usage::usage("", "pods", pod);
-        evaluate("", "pods", pod, None, &delta, quota)
+        if !evaluate("", "pods", pod, None, &delta, quota)? {
+            return Ok(None);
+        }
+        let prefix = quota_prefix("default");
+        let charge = Charge {
+            queue: queue(&prefix),
+            prefix,
+            group: String::new(),
+            resource: "pods".into(),
+            name: object::name(pod).into(),
+            delta,
+        };
+        add_charge(&charge, quota)
     }
 
     #[test]
