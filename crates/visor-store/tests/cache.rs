@@ -396,13 +396,14 @@ impl Store for Flaky {
         self.inner.range(request).await
     }
     async fn watch_progress(&self, prefix: &str, from: Revision) -> Result<ProgressWatchStream> {
+        // Subscribed before the refusal is checked: a cut sent while the inner watch is being
+        // opened still ends this watch, and one sent earlier came after `refuse` was set.
+        let mut cut = self.cut.subscribe();
         if self.refuse.load(Ordering::SeqCst) {
             self.refused.fetch_add(1, Ordering::SeqCst);
             return Err(StoreError::Unavailable("refused by the test".into()));
         }
         let stream = self.inner.watch_progress(prefix, from).await?;
-        let mut cut = self.cut.subscribe();
-        cut.mark_unchanged();
         let lost = futures::stream::once(async move {
             let _ = cut.changed().await;
             Err(StoreError::WatchLost("cut by the test".into()))
