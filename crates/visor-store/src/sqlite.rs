@@ -1,9 +1,10 @@
 //! The embedded backend: etcd's semantics over one SQLite file.
 //!
 //! Layout: `log` holds one row per revision (the write's key, value, the revision that created the
-//! key's incarnation, the revision of the value it replaced, and whether it was a delete); `kv`
-//! maps each live key to its create and mod revisions, its value being the `log` row at its mod
-//! revision; `meta` keeps the compacted revision.
+//! key's incarnation, the revision of the value it replaced, and whether it was a delete), keyed
+//! by revision; `meta` keeps the compacted revision. Which revision holds a key's value at a
+//! given revision is looked up in memory ([`index`], rebuilt from `log` on open), as etcd does:
+//! a write appends one row and touches no key-ordered B-tree.
 //!
 //! Writes go through one writer thread that owns the only write connection (group commit): it
 //! drains every queued request into one transaction, checks each request's precondition in queue
@@ -23,7 +24,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -31,10 +32,13 @@ use futures::StreamExt;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use self::index::{KeyIndex, Version};
 use crate::{
     Event, KeyValue, ProgressWatchStream, RangeRequest, RangeResult, Result, Revision, Store,
     StoreError, TxnWrite, Watched,
 };
+
+mod index;
 
 /// Requests queued for the writer beyond this make callers wait (back-pressure).
 const WRITE_QUEUE: usize = 4096;
@@ -56,37 +60,19 @@ CREATE TABLE IF NOT EXISTS log(
     prev_rev INTEGER NOT NULL,
     deleted INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS log_key_rev ON log(key, rev);
-CREATE TABLE IF NOT EXISTS kv(
-    key BLOB PRIMARY KEY,
-    create_rev INTEGER NOT NULL,
-    mod_rev INTEGER NOT NULL
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+-- Files written before the key index moved to memory kept it on disk.
+DROP INDEX IF EXISTS log_key_rev;
+DROP TABLE IF EXISTS kv;
 ";
 
-const SQL_CURRENT: &str = "SELECT k.create_rev, k.mod_rev, l.value FROM kv k \
-     JOIN log l ON l.rev = k.mod_rev WHERE k.key = ?1";
-const SQL_AT: &str = "SELECT create_rev, rev, value, deleted FROM log \
-     WHERE key = ?1 AND rev <= ?2 ORDER BY rev DESC LIMIT 1";
-const SQL_RANGE_CURRENT: &str = "SELECT k.key, k.create_rev, k.mod_rev, l.value FROM kv k \
-     JOIN log l ON l.rev = k.mod_rev WHERE k.key >= ?1 AND k.key < ?2 ORDER BY k.key LIMIT ?3";
-// The latest row per key at or before the revision, unless that row is a delete.
-const SQL_RANGE_AT: &str = "SELECT l.key, l.create_rev, l.rev, l.value FROM log l \
-     WHERE l.key >= ?1 AND l.key < ?2 AND l.rev <= ?3 AND l.deleted = 0 \
-     AND NOT EXISTS (SELECT 1 FROM log n WHERE n.key = l.key AND n.rev > l.rev AND n.rev <= ?3) \
-     ORDER BY l.key LIMIT ?4";
-// `+l.key` keeps the planner on the revision order (rowid) instead of the key index.
+const SQL_VALUE: &str = "SELECT value FROM log WHERE rev = ?1";
+const SQL_INDEX: &str = "SELECT rev, key, create_rev, deleted FROM log ORDER BY rev";
 const SQL_REPLAY: &str = "SELECT l.rev, l.key, l.value, l.create_rev, l.prev_rev, l.deleted, \
      p.value, p.create_rev FROM log l LEFT JOIN log p ON p.rev = l.prev_rev \
-     WHERE l.rev >= ?1 AND l.rev <= ?2 AND +l.key >= ?3 AND +l.key < ?4 ORDER BY l.rev LIMIT ?5";
+     WHERE l.rev >= ?1 AND l.rev <= ?2 AND l.key >= ?3 AND l.key < ?4 ORDER BY l.rev LIMIT ?5";
 const SQL_HEAD: &str = "SELECT COALESCE((SELECT MAX(rev) FROM log), 0), \
      COALESCE((SELECT value FROM meta WHERE name = 'compacted'), 0)";
-// Keeps, for every key, its latest row before the compact revision (the value a read at that
-// revision sees, and the `prev` of the key's next event) unless that row is a delete.
-const SQL_COMPACT: &str = "DELETE FROM log WHERE rev < ?1 AND (deleted = 1 OR EXISTS \
-     (SELECT 1 FROM log n WHERE n.key = log.key AND n.rev > log.rev AND n.rev < ?1))";
-
 /// The SQLite-backed [`Store`].
 pub struct SqliteStore {
     shared: Arc<Shared>,
@@ -98,9 +84,14 @@ pub struct SqliteStore {
 struct Shared {
     path: PathBuf,
     readers: Mutex<Vec<Connection>>,
+    /// Every key's writes; the writer appends a batch's as it applies them.
+    index: RwLock<KeyIndex>,
     /// The last committed revision. Stored after the commit and before the batch is published,
-    /// so a watch that reads it after subscribing has every later batch in its feed.
+    /// so a watch that reads it after subscribing has every later batch in its feed. Reads never
+    /// go past it, which keeps a batch's index entries hidden until it is committed.
     current: AtomicI64,
+    /// Raised before the index forgets what a compaction removed, so that a read finding the
+    /// index compacted under it can tell.
     compacted: AtomicI64,
 }
 
@@ -173,6 +164,32 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Rebuilds the key index from the log.
+fn load_index(conn: &Connection) -> rusqlite::Result<KeyIndex> {
+    let mut index = KeyIndex::default();
+    let mut statement = conn.prepare(SQL_INDEX)?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        let key = std::str::from_utf8(row.get_ref(1)?.as_blob()?).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Blob, Box::new(e))
+        })?;
+        let version = Version {
+            revision: row.get(0)?,
+            create_revision: row.get(2)?,
+            deleted: row.get(3)?,
+        };
+        index.push(key, version);
+    }
+    Ok(index)
+}
+
+/// The value written at `revision`, if its row is still there.
+fn value_at(conn: &Connection, revision: Revision) -> rusqlite::Result<Option<Bytes>> {
+    conn.prepare_cached(SQL_VALUE)?
+        .query_row([revision], |r| Ok(value_bytes(r.get(0)?)))
+        .optional()
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the store in the SQLite file at `path` and starts its writer
     /// thread. Must be called from within a Tokio runtime only if watches or reads are used
@@ -190,10 +207,12 @@ impl SqliteStore {
         let (current, compacted): (Revision, Revision) =
             conn.query_row(SQL_HEAD, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let current = current.max(compacted);
+        let index = load_index(&conn)?;
 
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             readers: Mutex::new(Vec::new()),
+            index: RwLock::new(index),
             current: AtomicI64::new(current),
             compacted: AtomicI64::new(compacted),
         });
@@ -263,6 +282,54 @@ impl Shared {
         Ok(conn)
     }
 
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, KeyIndex> {
+        // The index is changed only after the SQLite work that could fail: a panic there leaves
+        // it whole.
+        self.index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, KeyIndex> {
+        self.index
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The revision a read asking for `requested` (`None`: the latest) reads at.
+    fn read_revision(&self, requested: Option<Revision>) -> Result<Revision> {
+        check_revision(
+            requested,
+            self.current.load(Ordering::Acquire),
+            self.compacted.load(Ordering::Acquire),
+        )
+    }
+
+    /// Whether a read at `at` may still trust what it found: a compaction past `at` may have
+    /// removed part of it meanwhile.
+    fn still_readable(&self, at: Revision) -> Result<()> {
+        let compacted = self.compacted.load(Ordering::Acquire);
+        if at < compacted {
+            return Err(StoreError::Compacted {
+                requested: at,
+                compacted,
+            });
+        }
+        Ok(())
+    }
+
+    /// The value of a version found in the index for a read at `at`.
+    fn value_for(&self, conn: &Connection, version: Version, at: Revision) -> Result<Bytes> {
+        match value_at(conn, version.revision).map_err(backend)? {
+            Some(value) => Ok(value),
+            // Its row went in a compaction that started after the read looked the key up.
+            None => Err(StoreError::Compacted {
+                requested: at,
+                compacted: self.compacted.load(Ordering::Acquire).max(at + 1),
+            }),
+        }
+    }
+
     fn put_reader(&self, conn: Connection) {
         if let Ok(mut pool) = self.readers.lock()
             && pool.len() < READ_POOL
@@ -289,7 +356,8 @@ fn in_snapshot<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) -
     Ok(value)
 }
 
-/// Reads the current and compacted revisions inside the caller's read transaction.
+/// Reads the current and compacted revisions inside the caller's read transaction (a replay
+/// checks its history against the same snapshot it reads the history from).
 fn head(conn: &Connection) -> Result<(Revision, Revision)> {
     let (current, compacted): (Revision, Revision) = conn
         .prepare_cached(SQL_HEAD)
@@ -371,6 +439,7 @@ impl Writer {
             tracing::error!(error = %e, "store write transaction failed");
             let _ = self.conn.execute_batch("ROLLBACK");
             self.revision = start_revision;
+            self.shared.index_mut().truncate_after(start_revision);
             let message = e.to_string();
             for request in batch.drain(..) {
                 let _ = request
@@ -381,7 +450,9 @@ impl Writer {
         }
 
         if let Some(revision) = compacted_to {
+            // Reads below `revision` are refused before the index forgets what they would need.
             self.shared.compacted.store(revision, Ordering::Release);
+            self.shared.index_mut().compact(revision);
         }
         self.shared.current.store(self.revision, Ordering::Release);
         for (request, outcome) in batch.drain(..).zip(outcomes) {
@@ -397,26 +468,24 @@ impl Writer {
         }
     }
 
-    /// Whether the key is live, without reading its value (all a create needs to know).
-    fn exists(&self, key: &str) -> rusqlite::Result<bool> {
-        self.conn
-            .prepare_cached("SELECT 1 FROM kv WHERE key = ?1")?
-            .exists([key.as_bytes()])
+    /// Whether the key is live, as of the writes applied so far.
+    fn exists(&self, key: &str) -> bool {
+        self.shared.index().live_at(key, Revision::MAX).is_some()
     }
 
-    /// The key's live value as seen by this transaction.
+    /// The key's live value as of the writes applied so far (this transaction's included).
     fn current(&self, key: &str) -> rusqlite::Result<Option<KeyValue>> {
-        self.conn
-            .prepare_cached(SQL_CURRENT)?
-            .query_row([key.as_bytes()], |r| {
-                Ok(KeyValue {
-                    key: key.to_owned(),
-                    create_revision: r.get(0)?,
-                    mod_revision: r.get(1)?,
-                    value: value_bytes(r.get(2)?),
-                })
-            })
-            .optional()
+        let Some(version) = self.shared.index().live_at(key, Revision::MAX) else {
+            return Ok(None);
+        };
+        let value =
+            value_at(&self.conn, version.revision)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        Ok(Some(KeyValue {
+            key: key.to_owned(),
+            create_revision: version.create_revision,
+            mod_revision: version.revision,
+            value,
+        }))
     }
 
     fn append_log(
@@ -439,6 +508,14 @@ impl Writer {
                 prev_revision,
                 value.is_none()
             ])?;
+        self.shared.index_mut().push(
+            key,
+            Version {
+                revision: self.revision,
+                create_revision,
+                deleted: value.is_none(),
+            },
+        );
         Ok(())
     }
 
@@ -455,9 +532,6 @@ impl Writer {
         let kv = match &prev {
             None => {
                 self.append_log(key, Some(value), rev, 0)?;
-                self.conn
-                    .prepare_cached("INSERT INTO kv(key, create_rev, mod_rev) VALUES (?1, ?2, ?2)")?
-                    .execute(params![key.as_bytes(), rev])?;
                 KeyValue {
                     key: key.clone(),
                     value: value.clone(),
@@ -467,9 +541,6 @@ impl Writer {
             }
             Some(prev) => {
                 self.append_log(key, Some(value), prev.create_revision, prev.mod_revision)?;
-                self.conn
-                    .prepare_cached("UPDATE kv SET mod_rev = ?2 WHERE key = ?1")?
-                    .execute(params![key.as_bytes(), rev])?;
                 KeyValue {
                     key: key.clone(),
                     value: value.clone(),
@@ -496,7 +567,7 @@ impl Writer {
                 let mut previous = Vec::with_capacity(writes.len());
                 for write in writes {
                     let failed = match write {
-                        TxnWrite::Create { key, .. } if self.exists(key)? => {
+                        TxnWrite::Create { key, .. } if self.exists(key) => {
                             StoreError::AlreadyExists(key.clone())
                         }
                         TxnWrite::Create { .. } => {
@@ -540,9 +611,6 @@ impl Writer {
                 self.revision += 1;
                 let rev = self.revision;
                 self.append_log(key, None, prev.create_revision, prev.mod_revision)?;
-                self.conn
-                    .prepare_cached("DELETE FROM kv WHERE key = ?1")?
-                    .execute([key.as_bytes()])?;
                 events.push(Event::Delete {
                     prev: prev.clone(),
                     revision: rev,
@@ -562,8 +630,12 @@ impl Writer {
                     // Compacting to where the store already is changes nothing.
                     return Ok(Ok(WriteOutcome::Compacted));
                 }
-                let removed = self.conn.prepare_cached(SQL_COMPACT)?.execute([revision])?;
-                tracing::debug!(revision, removed, "compacted store history");
+                let removed = self.shared.index().compactable(*revision);
+                let mut delete = self.conn.prepare_cached("DELETE FROM log WHERE rev = ?1")?;
+                for rev in &removed {
+                    delete.execute([rev])?;
+                }
+                tracing::debug!(revision, removed = removed.len(), "compacted store history");
                 *compacted_to = Some(*revision);
                 Ok(Ok(WriteOutcome::Compacted))
             }
@@ -572,48 +644,37 @@ impl Writer {
 }
 
 fn read_range(
-    tx: &Connection,
+    shared: &Shared,
+    conn: &Connection,
     prefix: &str,
     start_after: Option<&str>,
     limit: usize,
     revision: Option<Revision>,
 ) -> Result<RangeResult> {
-    let (current, compacted) = head(tx)?;
-    let at = check_revision(revision, current, compacted)?;
-
-    let mut low = prefix.as_bytes().to_vec();
-    if let Some(after) = start_after {
-        let mut after = after.as_bytes().to_vec();
-        // The smallest key strictly greater than `after`.
-        after.push(0);
-        low = low.max(after);
-    }
-    let high = prefix_end(prefix);
-    // One extra row tells whether more follow.
-    let fetch: i64 = if limit == 0 { -1 } else { limit as i64 + 1 };
-    let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<KeyValue> {
-        Ok(KeyValue {
-            key: key_string(r.get(0)?)?,
-            create_revision: r.get(1)?,
-            mod_revision: r.get(2)?,
-            value: value_bytes(r.get(3)?),
-        })
-    };
-    let mut kvs = if at == current {
-        let mut stmt = tx.prepare_cached(SQL_RANGE_CURRENT).map_err(backend)?;
-        stmt.query_map(params![low, high, fetch], row)
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(backend)?
-    } else {
-        let mut stmt = tx.prepare_cached(SQL_RANGE_AT).map_err(backend)?;
-        stmt.query_map(params![low, high, at, fetch], row)
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(backend)?
-    };
-    let more = limit != 0 && kvs.len() > limit;
+    let at = shared.read_revision(revision)?;
+    // The smallest key strictly greater than `start_after`.
+    let low = start_after
+        .map(|after| format!("{after}\0"))
+        .unwrap_or_default();
+    // One extra key tells whether more follow.
+    let fetch = (limit != 0).then_some(limit + 1);
+    let mut found = shared.index().range_at(prefix, &low, at, fetch);
+    shared.still_readable(at)?;
+    let more = limit != 0 && found.len() > limit;
     if more {
-        kvs.truncate(limit);
+        found.truncate(limit);
     }
+    let kvs = found
+        .into_iter()
+        .map(|(key, version)| {
+            Ok(KeyValue {
+                value: shared.value_for(conn, version, at)?,
+                key: key.into(),
+                create_revision: version.create_revision,
+                mod_revision: version.revision,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(RangeResult {
         kvs,
         revision: at,
@@ -622,45 +683,22 @@ fn read_range(
 }
 
 fn read_get(
-    tx: &Connection,
+    shared: &Shared,
+    conn: &Connection,
     key: &str,
     revision: Option<Revision>,
 ) -> Result<(Option<KeyValue>, Revision)> {
-    let (current, compacted) = head(tx)?;
-    let at = check_revision(revision, current, compacted)?;
-    let kv = if at == current {
-        tx.prepare_cached(SQL_CURRENT)
-            .and_then(|mut s| {
-                s.query_row([key.as_bytes()], |r| {
-                    Ok(KeyValue {
-                        key: key.to_owned(),
-                        create_revision: r.get(0)?,
-                        mod_revision: r.get(1)?,
-                        value: value_bytes(r.get(2)?),
-                    })
-                })
-                .optional()
-            })
-            .map_err(backend)?
-    } else {
-        // The key's latest row at or before the revision; a delete row means it was absent.
-        let latest = tx
-            .prepare_cached(SQL_AT)
-            .and_then(|mut s| {
-                s.query_row(params![key.as_bytes(), at], |r| {
-                    let deleted: bool = r.get(3)?;
-                    let kv = KeyValue {
-                        key: key.to_owned(),
-                        create_revision: r.get(0)?,
-                        mod_revision: r.get(1)?,
-                        value: value_bytes(r.get(2)?),
-                    };
-                    Ok((kv, deleted))
-                })
-                .optional()
-            })
-            .map_err(backend)?;
-        latest.and_then(|(kv, deleted)| (!deleted).then_some(kv))
+    let at = shared.read_revision(revision)?;
+    let version = shared.index().live_at(key, at);
+    shared.still_readable(at)?;
+    let kv = match version {
+        Some(version) => Some(KeyValue {
+            key: key.to_owned(),
+            value: shared.value_for(conn, version, at)?,
+            create_revision: version.create_revision,
+            mod_revision: version.revision,
+        }),
+        None => None,
     };
     Ok((kv, at))
 }
@@ -855,8 +893,9 @@ impl Store for SqliteStore {
         revision: Option<Revision>,
     ) -> Result<(Option<KeyValue>, Revision)> {
         let key = key.to_owned();
+        let shared = self.shared.clone();
         self.shared
-            .read(move |conn| read_get(conn, &key, revision))
+            .read(move |conn| read_get(&shared, conn, &key, revision))
             .await
     }
 
@@ -864,8 +903,18 @@ impl Store for SqliteStore {
         let prefix = request.prefix.to_owned();
         let start_after = request.start_after.map(str::to_owned);
         let (limit, revision) = (request.limit, request.revision);
+        let shared = self.shared.clone();
         self.shared
-            .read(move |conn| read_range(conn, &prefix, start_after.as_deref(), limit, revision))
+            .read(move |conn| {
+                read_range(
+                    &shared,
+                    conn,
+                    &prefix,
+                    start_after.as_deref(),
+                    limit,
+                    revision,
+                )
+            })
             .await
     }
 
