@@ -78,38 +78,33 @@ impl KeyIndex {
         found
     }
 
-    /// The revisions a compaction to `revision` removes: for every key, every write before
-    /// its latest one below `revision`, and that one too if it is a delete (what a read at
-    /// `revision` or later, or a later event's previous value, still needs stays).
+    /// The revisions a compaction to `revision` removes (see [`compacted_len`]).
     pub fn compactable(&self, revision: Revision) -> Vec<Revision> {
-        let mut removed = Vec::new();
-        for versions in self.keys.values() {
-            let below = versions.partition_point(|v| v.revision < revision);
-            let Some(latest) = below.checked_sub(1) else {
-                continue;
-            };
-            let keep_latest = !versions[latest].deleted;
-            let end = if keep_latest { latest } else { below };
-            removed.extend(versions[..end].iter().map(|v| v.revision));
-        }
-        removed
+        self.keys
+            .values()
+            .flat_map(|versions| &versions[..compacted_len(versions, revision)])
+            .map(|v| v.revision)
+            .collect()
     }
 
     /// Removes what [`compactable`](Self::compactable) named. Called only once the store
     /// refuses reads below `revision`, so no reader can miss what goes.
     pub fn compact(&mut self, revision: Revision) {
         self.keys.retain(|_, versions| {
-            let below = versions.partition_point(|v| v.revision < revision);
-            if let Some(latest) = below.checked_sub(1) {
-                let end = if versions[latest].deleted {
-                    below
-                } else {
-                    latest
-                };
-                versions.drain(..end);
-            }
+            versions.drain(..compacted_len(versions, revision));
             !versions.is_empty()
         });
+    }
+}
+
+/// How many of a key's oldest writes a compaction to `revision` removes: every write before
+/// its latest one below `revision`, and that one too if it is a delete (what a read at
+/// `revision` or later, or a later event's previous value, still needs stays).
+fn compacted_len(versions: &[Version], revision: Revision) -> usize {
+    let below = versions.partition_point(|v| v.revision < revision);
+    match below.checked_sub(1) {
+        Some(latest) if !versions[latest].deleted => latest,
+        _ => below,
     }
 }
 
