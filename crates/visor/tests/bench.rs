@@ -98,6 +98,15 @@ fn bench_api_reports_json_metrics_and_cleans_up() {
             .is_some_and(|(v, u)| v.is_finite() && *v < 100.0 && u == "%"),
         "quota_overhead in:\n{stdout}"
     );
+    // CPU time comes in clock ticks, so a short run may see none on one side.
+    for key in ["cpu_per_create_unquoted", "cpu_per_create_quoted"] {
+        assert!(
+            metrics
+                .get(key)
+                .is_some_and(|(v, u)| v.is_finite() && *v >= 0.0 && u == "µs"),
+            "{key} in:\n{stdout}"
+        );
+    }
 
     let namespaces = server.ok(&["get", "namespaces", "-o", "name"]);
     assert!(

@@ -45,14 +45,69 @@ const CHARGE_RETRIES: usize = 64;
 /// The most writes stored in one batch.
 const BATCH_LIMIT: usize = 256;
 
-/// A namespace's queue of charged writes, and its quotas as this server last wrote them (the
-/// watch cache may lag behind its own writes).
+/// A quota as admission reads it: its stored form, and the limits and usage in it parsed
+/// once per revision (every charged write checks them; they change once per batch).
+struct Quota {
+    key: String,
+    revision: Revision,
+    value: Arc<Value>,
+    name: String,
+    hard: ResourceList,
+    used: ResourceList,
+}
+
+impl Quota {
+    fn parse(key: String, revision: Revision, value: Value) -> Quota {
+        Quota {
+            name: object::name(&value).to_string(),
+            hard: usage::parse_list(value.pointer("/spec/hard")),
+            used: usage::parse_list(value.pointer("/status/used")),
+            key,
+            revision,
+            value: Arc::new(value),
+        }
+    }
+
+    /// Whether the quota limits anything a write of this kind adds.
+    fn constrains(&self, group: &str, resource: &str) -> bool {
+        self.hard
+            .keys()
+            .any(|k| usage::resource_covers(group, resource, k))
+    }
+
+    /// This quota with `used` as its usage, to be stored (its revision is the one it
+    /// replaces until the store assigns the new one). Entries that did not change keep
+    /// their text as stored.
+    fn with_used(&self, used: ResourceList) -> Quota {
+        let mut value = (*self.value).clone();
+        let mut stored = value
+            .pointer("/status/used")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        for (key, quantity) in &used {
+            if self.used.get(key).map(|q| q.nanos) != Some(quantity.nanos) {
+                stored.insert(key.clone(), json!(quantity.canonical()));
+            }
+        }
+        value["status"]["used"] = Value::Object(stored);
+        Quota {
+            key: self.key.clone(),
+            revision: self.revision,
+            value: Arc::new(value),
+            name: self.name.clone(),
+            hard: self.hard.clone(),
+            used,
+        }
+    }
+}
+
+/// A namespace's queue of charged writes.
 #[derive(Default)]
 struct Queue {
     waiting: Vec<Pending>,
     /// Whether a batch is being stored; the writer of a batch takes the next one after it.
     busy: bool,
-    written: HashMap<String, (Revision, Arc<Value>)>,
 }
 
 /// A charged write waiting for its batch.
@@ -75,56 +130,62 @@ static QUEUES: LazyLock<Mutex<HashMap<String, Arc<Mutex<Queue>>>>> =
     LazyLock::new(Default::default);
 
 fn queue(prefix: &str) -> Arc<Mutex<Queue>> {
-    QUEUES
-        .lock()
-        .expect("quota queue map")
-        .entry(prefix.to_string())
-        .or_default()
-        .clone()
+    let mut queues = QUEUES.lock().expect("quota queue map");
+    if let Some(queue) = queues.get(prefix) {
+        return queue.clone();
+    }
+    queues.entry(prefix.to_string()).or_default().clone()
 }
 
-/// Each namespace's quotas as last parsed from the watch cache, by key, with the revision
-/// parsed: every charged write reads them, and they change far less often than that.
-type Parsed = HashMap<String, (Revision, Arc<Value>)>;
+/// A namespace's quotas as last parsed, by key: from the watch cache, or as this server last
+/// wrote them while the cache (which may lag behind its own writes) has not caught up.
+type Parsed = HashMap<String, Arc<Quota>>;
 
+/// Each namespace's [`Parsed`] quotas, by storage prefix.
 static PARSED: LazyLock<Mutex<HashMap<String, Parsed>>> = LazyLock::new(Default::default);
 
-/// The namespace's quotas from the watch cache, each parsed once per revision.
-fn cached_quotas(cache: &QuotaCache, prefix: &str) -> Vec<(String, Revision, Arc<Value>)> {
+/// The namespace's quotas: the watch cache's, each parsed once per revision, or this
+/// server's later write of it.
+fn cached_quotas(cache: &QuotaCache, prefix: &str) -> Vec<Arc<Quota>> {
     let (cached, _) = cache.list(prefix);
+    let mut parsed = PARSED.lock().expect("parsed quota map");
     if cached.is_empty() {
+        parsed.remove(prefix);
         return Vec::new();
     }
-    let mut parsed = PARSED.lock().expect("parsed quota map");
-    let known = parsed.remove(prefix).unwrap_or_default();
-    let mut current = Parsed::with_capacity(cached.len());
-    let quotas = cached
+    if !parsed.contains_key(prefix) {
+        parsed.insert(prefix.to_string(), HashMap::new());
+    }
+    let known = parsed.get_mut(prefix).expect("inserted above");
+    let quotas: Vec<Arc<Quota>> = cached
         .iter()
-        .map(|(key, obj)| {
-            let known = known.get(&**key);
-            let value = match known {
-                Some((revision, value)) if *revision == obj.revision => value.clone(),
-                _ => Arc::new(obj.value()),
-            };
-            // A quota this server wrote is kept parsed until the cache catches up with it.
-            let keep = match known {
-                Some((revision, newer)) if *revision > obj.revision => (*revision, newer.clone()),
-                _ => (obj.revision, value.clone()),
-            };
-            current.insert(key.to_string(), keep);
-            (key.to_string(), obj.revision, value)
+        .map(|(key, obj)| match known.get(&**key) {
+            Some(quota) if quota.revision >= obj.revision => quota.clone(),
+            _ => {
+                let quota = Arc::new(Quota::parse(key.to_string(), obj.revision, obj.value()));
+                known.insert(key.to_string(), quota.clone());
+                quota
+            }
         })
         .collect();
-    parsed.insert(prefix.to_string(), current);
+    // Every cached quota is known now: anything more was deleted.
+    if known.len() > cached.len() {
+        known.retain(|key, _| cached.iter().any(|(cached, _)| **cached == **key));
+    }
     quotas
 }
 
-/// Remembers quotas this server wrote as parsed, for when the watch cache brings them.
-fn remember_parsed(prefix: &str, written: &[(String, (Revision, Arc<Value>))]) {
+/// Remembers quotas this server wrote, for the writes after them.
+fn remember(prefix: &str, written: &[Arc<Quota>]) {
     let mut parsed = PARSED.lock().expect("parsed quota map");
-    let parsed = parsed.entry(prefix.to_string()).or_default();
-    for (key, written) in written {
-        parsed.insert(key.clone(), written.clone());
+    let known = parsed.entry(prefix.to_string()).or_default();
+    for quota in written {
+        if known
+            .get(&quota.key)
+            .is_none_or(|known| known.revision < quota.revision)
+        {
+            known.insert(quota.key.clone(), quota.clone());
+        }
     }
 }
 
@@ -148,6 +209,17 @@ pub(crate) struct Charge {
     delta: ResourceList,
 }
 
+impl Charge {
+    fn view(&self) -> ChargeView<'_> {
+        ChargeView {
+            group: &self.group,
+            resource: &self.resource,
+            name: &self.name,
+            delta: &self.delta,
+        }
+    }
+}
+
 /// What a write needs to have its charge evaluated.
 pub(crate) struct ChargeRequest<'a> {
     pub scope: &'a Scope,
@@ -167,36 +239,29 @@ pub(crate) async fn charge(
     let Some(namespace) = scope.namespace.as_deref().filter(|_| scope.def.namespaced) else {
         return Ok(None);
     };
-    let prefix = quota_prefix(namespace);
-    let cached = cached_quotas(&registry.cache, &prefix);
-    if cached.is_empty() {
-        return Ok(None);
-    }
     let (group, resource) = (scope.def.group.as_str(), scope.def.plural.as_str());
     if (group, resource) == ("", "resourcequotas") {
         // A quota's own writes (and the status writes below) are not charged to quotas.
         return Ok(None);
     }
+    let prefix = quota_prefix(namespace);
+    let quotas = cached_quotas(&registry.cache, &prefix);
     // Quotas that constrain nothing this write charges are not evaluated.
-    let relevant = cached.iter().any(|(_, _, quota)| {
-        hard_keys(quota)
-            .iter()
-            .any(|k| usage::resource_covers(group, resource, k))
-    });
+    if !quotas.iter().any(|q| q.constrains(group, resource)) {
+        return Ok(None);
+    }
     let delta = delta(request);
-    if !relevant || delta.is_empty() {
+    if delta.is_empty() {
         return Ok(None);
     }
     // Refuse now what the quotas refuse as they stand; the batch checks the amounts again.
-    let queue = queue(&prefix);
-    let written = queue.lock().expect("quota queue").written.clone();
     let mut charges = false;
-    for (_, _, quota) in newest(cached, &written) {
-        charges |= evaluate(group, resource, request.new, request.old, &delta, &quota)?;
+    for quota in &quotas {
+        charges |= evaluate(group, resource, request.new, request.old, &delta, quota)?;
     }
     Ok((charges && !dry_run).then(|| Charge {
+        queue: queue(&prefix),
         prefix,
-        queue,
         group: group.to_string(),
         resource: resource.to_string(),
         name: object::name(request.new).to_string(),
@@ -247,21 +312,16 @@ async fn store_batches(
     queue: Arc<Mutex<Queue>>,
 ) {
     loop {
-        let (mut batch, written) = {
+        let mut batch = {
             let mut queue = queue.lock().expect("quota queue");
             if queue.waiting.is_empty() {
                 queue.busy = false;
                 return;
             }
-            (take_batch(&mut queue.waiting), queue.written.clone())
+            take_batch(&mut queue.waiting)
         };
-        let stored = store_batch(&store, &cache, &prefix, &mut batch, written).await;
-        let mut queue = queue.lock().expect("quota queue");
-        match stored {
-            Ok(quotas) => {
-                remember_parsed(&prefix, &quotas);
-                queue.written.extend(quotas);
-            }
+        match store_batch(&store, &cache, &prefix, &mut batch).await {
+            Ok(written) => remember(&prefix, &written),
             Err(e) => {
                 for mut pending in batch {
                     pending.answer(Err(e.clone()));
@@ -301,20 +361,19 @@ async fn store_batch(
     cache: &QuotaCache,
     prefix: &str,
     batch: &mut Vec<Pending>,
-    written: HashMap<String, (Revision, Arc<Value>)>,
-) -> ApiResult<Vec<(String, (Revision, Arc<Value>))>> {
-    let mut quotas = newest(cached_quotas(cache, prefix), &written);
+) -> ApiResult<Vec<Arc<Quota>>> {
+    let mut quotas = cached_quotas(cache, prefix);
     let mut races = 0;
     while races < CHARGE_RETRIES {
         // Each write's charge on top of those before it; a refused one is answered now.
-        let mut next: Vec<Option<Arc<Value>>> = vec![None; quotas.len()];
+        let mut used: Vec<Option<ResourceList>> = vec![None; quotas.len()];
         batch.retain_mut(|pending| {
             let charge = &pending.charge;
             let mut added = Vec::new();
-            for (i, (_, _, stored)) in quotas.iter().enumerate() {
-                let quota = next[i].as_deref().unwrap_or(stored);
-                match add_charge(charge, quota) {
-                    Ok(Some(charged)) => added.push((i, charged)),
+            for (i, quota) in quotas.iter().enumerate() {
+                let current = used[i].as_ref().unwrap_or(&quota.used);
+                match charge.view().room(quota, current) {
+                    Ok(Some(totals)) => added.push((i, totals)),
                     Ok(None) => {}
                     Err(refused) => {
                         pending.answer(Err(refused));
@@ -322,25 +381,27 @@ async fn store_batch(
                     }
                 }
             }
-            for (i, charged) in added {
-                next[i] = Some(Arc::new(charged));
+            for (i, totals) in added {
+                used[i]
+                    .get_or_insert_with(|| quotas[i].used.clone())
+                    .extend(totals);
             }
             true
         });
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let changed: Vec<(String, Revision, Arc<Value>)> = quotas
+        let mut changed: Vec<Quota> = quotas
             .iter()
-            .zip(&next)
-            .filter_map(|((key, revision, _), next)| Some((key.clone(), *revision, next.clone()?)))
+            .zip(used)
+            .filter_map(|(quota, used)| Some(quota.with_used(used?)))
             .collect();
         let writes = changed
             .iter()
-            .map(|(key, revision, quota)| TxnWrite::Update {
-                key: key.clone(),
-                value: object::to_storage_bytes(quota),
-                expected: *revision,
+            .map(|quota| TxnWrite::Update {
+                key: quota.key.clone(),
+                value: object::to_storage_bytes(&quota.value),
+                expected: quota.revision,
             })
             .chain(batch.iter().map(|pending| pending.write.clone()))
             .collect();
@@ -351,14 +412,13 @@ async fn store_batch(
                 for (mut pending, revision) in batch.drain(..).zip(object_revisions) {
                     pending.answer(Ok(Ok(*revision)));
                 }
-                return Ok(changed
-                    .into_iter()
-                    .zip(quota_revisions)
-                    .map(|((key, _, quota), revision)| (key, (*revision, quota)))
-                    .collect());
+                for (quota, revision) in changed.iter_mut().zip(quota_revisions) {
+                    quota.revision = *revision;
+                }
+                return Ok(changed.into_iter().map(Arc::new).collect());
             }
             Err(StoreError::Conflict { key, .. } | StoreError::NotFound(key))
-                if changed.iter().any(|(k, _, _)| *k == key) =>
+                if changed.iter().any(|quota| quota.key == key) =>
             {
                 races += 1;
                 quotas = read_stored_quotas(store, prefix).await?;
@@ -398,22 +458,6 @@ fn store_error_key(e: &StoreError) -> Option<&str> {
     }
 }
 
-/// The cache's quotas, each replaced by this server's own later write of it, if any.
-fn newest(
-    cached: Vec<(String, Revision, Arc<Value>)>,
-    written: &HashMap<String, (Revision, Arc<Value>)>,
-) -> Vec<(String, Revision, Arc<Value>)> {
-    cached
-        .into_iter()
-        .map(|(key, cached_revision, cached)| match written.get(&key) {
-            Some((revision, value)) if *revision > cached_revision => {
-                (key, *revision, value.clone())
-            }
-            _ => (key, cached_revision, cached),
-        })
-        .collect()
-}
-
 /// What the write adds: its usage, less the old object's on updates (only growth is charged;
 /// what an update frees is returned by the recount).
 fn delta(request: &ChargeRequest<'_>) -> ResourceList {
@@ -433,18 +477,7 @@ fn delta(request: &ChargeRequest<'_>) -> ResourceList {
     delta
 }
 
-fn hard_keys(quota: &Value) -> Vec<String> {
-    quota
-        .pointer("/spec/hard")
-        .and_then(Value::as_object)
-        .map(|h| h.keys().cloned().collect())
-        .unwrap_or_default()
-}
-
-async fn read_stored_quotas(
-    store: &DynStore,
-    prefix: &str,
-) -> ApiResult<Vec<(String, Revision, Arc<Value>)>> {
+async fn read_stored_quotas(store: &DynStore, prefix: &str) -> ApiResult<Vec<Arc<Quota>>> {
     let result = store
         .range(visor_store::RangeRequest {
             prefix,
@@ -458,11 +491,12 @@ async fn read_stored_quotas(
         .kvs
         .iter()
         .filter_map(|kv| {
-            Some((
+            let value = object::from_kv(kv)?;
+            Some(Arc::new(Quota::parse(
                 kv.key.clone(),
                 kv.mod_revision,
-                Arc::new(object::from_kv(kv)?),
-            ))
+                value,
+            )))
         })
         .collect())
 }
@@ -475,64 +509,41 @@ fn evaluate(
     new: &Value,
     old: Option<&Value>,
     delta: &ResourceList,
-    quota: &Value,
+    quota: &Quota,
 ) -> ApiResult<bool> {
-    let keys = constrained_keys(group, resource, quota);
-    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-    if (group, resource) == ("", "pods")
-        && old.is_none()
-        && let Some(missing) = usage::pod_missing(new, &keys)
-    {
-        return Err(refusal(
-            group,
-            resource,
-            object::name(new),
-            format!(
-                "failed quota: {}: must specify {missing}",
-                object::name(quota)
-            ),
-        ));
+    if (group, resource) == ("", "pods") && old.is_none() {
+        let keys: Vec<&str> = quota
+            .hard
+            .keys()
+            .map(String::as_str)
+            .filter(|k| usage::resource_covers(group, resource, k))
+            .collect();
+        if let Some(missing) = usage::pod_missing(new, &keys) {
+            return Err(refusal(
+                group,
+                resource,
+                object::name(new),
+                format!("failed quota: {}: must specify {missing}", quota.name),
+            ));
+        }
     }
-    Ok(room(group, resource, object::name(new), delta, quota)?.is_some())
-}
-
-/// `quota` with an admitted charge added to `status.used` (`None` if it constrains nothing
-/// charged), or the refusal if it no longer has room: [`evaluate`]'s check of the amounts,
-/// as a batch repeats it.
-fn add_charge(charge: &Charge, quota: &Value) -> ApiResult<Option<Value>> {
-    let Some(totals) = room(
-        &charge.group,
-        &charge.resource,
-        &charge.name,
-        &charge.delta,
-        quota,
-    )?
-    else {
-        return Ok(None);
+    let charge = ChargeView {
+        group,
+        resource,
+        name: object::name(new),
+        delta,
     };
-    let mut next = quota.clone();
-    let used: serde_json::Map<String, Value> = quota
-        .pointer("/status/used")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .chain(
-            totals
-                .into_iter()
-                .map(|(key, total)| (key, json!(total.canonical()))),
-        )
-        .collect();
-    next["status"]["used"] = Value::Object(used);
-    Ok(Some(next))
+    Ok(charge.room(quota, &quota.used)?.is_some())
 }
 
-/// The keys of `quota`'s `spec.hard` that this kind's writes count against.
-fn constrained_keys(group: &str, resource: &str, quota: &Value) -> Vec<String> {
-    hard_keys(quota)
-        .into_iter()
-        .filter(|k| usage::resource_covers(group, resource, k))
-        .collect()
+/// A charge as [`ChargeView::room`] checks it: a queued [`Charge`]'s, or a write's at
+/// admission.
+struct ChargeView<'a> {
+    group: &'a str,
+    resource: &'a str,
+    /// The object's name, for refusals.
+    name: &'a str,
+    delta: &'a ResourceList,
 }
 
 fn refusal(group: &str, resource: &str, name: &str, message: String) -> ApiError {
@@ -542,63 +553,65 @@ fn refusal(group: &str, resource: &str, name: &str, message: String) -> ApiError
     ))
 }
 
-/// The new totals of the keys of `quota` that `delta` charges (`None` if it charges none), or
-/// the refusal when the quota has not counted a charged key yet or has no room left.
-fn room(
-    group: &str,
-    resource: &str,
-    object_name: &str,
-    delta: &ResourceList,
-    quota: &Value,
-) -> ApiResult<Option<Vec<(String, Quantity)>>> {
-    let name = object::name(quota);
-    let hard = usage::parse_list(quota.pointer("/spec/hard"));
-    let charged: Vec<&str> = hard
-        .keys()
-        .map(String::as_str)
-        .filter(|k| usage::resource_covers(group, resource, k))
-        .filter(|k| delta.get(*k).is_some_and(|q| q.nanos > 0))
-        .collect();
-    if charged.is_empty() {
-        return Ok(None);
-    }
-    let forbidden = |message: String| refusal(group, resource, object_name, message);
-    let used = usage::parse_list(quota.pointer("/status/used"));
-    let unknown: Vec<&str> = charged
-        .iter()
-        .copied()
-        .filter(|k| !used.contains_key(*k))
-        .collect();
-    if !unknown.is_empty() {
-        return Err(forbidden(format!(
-            "status unknown for quota: {name}, resources: {}",
-            unknown.join(",")
-        )));
-    }
-    let mut totals = Vec::with_capacity(charged.len());
-    let mut exceeded = Vec::new();
-    for key in &charged {
-        let total = usage::add(used[*key], delta[*key]);
-        if total > hard[*key] {
-            exceeded.push(key.to_string());
+impl ChargeView<'_> {
+    /// The new totals of the keys of `quota` this charge adds to (`None` if it adds to
+    /// none), given the quota's usage `used`, or the refusal when the quota has not counted a
+    /// charged key yet or has no room left.
+    fn room(
+        &self,
+        quota: &Quota,
+        used: &ResourceList,
+    ) -> ApiResult<Option<Vec<(String, Quantity)>>> {
+        let (group, resource, delta) = (self.group, self.resource, self.delta);
+        let charged: Vec<&str> = quota
+            .hard
+            .keys()
+            .map(String::as_str)
+            .filter(|k| usage::resource_covers(group, resource, k))
+            .filter(|k| delta.get(*k).is_some_and(|q| q.nanos > 0))
+            .collect();
+        if charged.is_empty() {
+            return Ok(None);
         }
-        totals.push((key.to_string(), total));
+        let forbidden = |message: String| refusal(group, resource, self.name, message);
+        let unknown: Vec<&str> = charged
+            .iter()
+            .copied()
+            .filter(|k| !used.contains_key(*k))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(forbidden(format!(
+                "status unknown for quota: {}, resources: {}",
+                quota.name,
+                unknown.join(",")
+            )));
+        }
+        let mut totals = Vec::with_capacity(charged.len());
+        let mut exceeded = Vec::new();
+        for key in &charged {
+            let total = usage::add(used[*key], delta[*key]);
+            if total > quota.hard[*key] {
+                exceeded.push(key.to_string());
+            }
+            totals.push((key.to_string(), total));
+        }
+        if !exceeded.is_empty() {
+            let mask = |list: &ResourceList| -> ResourceList {
+                list.iter()
+                    .filter(|(k, _)| exceeded.contains(k))
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect()
+            };
+            return Err(forbidden(format!(
+                "exceeded quota: {}, requested: {}, used: {}, limited: {}",
+                quota.name,
+                usage::pretty(&mask(delta)),
+                usage::pretty(&mask(used)),
+                usage::pretty(&mask(&quota.hard)),
+            )));
+        }
+        Ok(Some(totals))
     }
-    if !exceeded.is_empty() {
-        let mask = |list: &ResourceList| -> ResourceList {
-            list.iter()
-                .filter(|(k, _)| exceeded.contains(k))
-                .map(|(k, v)| (k.clone(), *v))
-                .collect()
-        };
-        return Err(forbidden(format!(
-            "exceeded quota: {name}, requested: {}, used: {}, limited: {}",
-            usage::pretty(&mask(delta)),
-            usage::pretty(&mask(&used)),
-            usage::pretty(&mask(&hard)),
-        )));
-    }
-    Ok(Some(totals))
 }
 
 #[cfg(test)]
@@ -617,10 +630,11 @@ mod tests {
         ]}})
     }
 
-    /// Admission's check, then the batch's.
+    /// Admission's check, then the batch's: the quota as the batch would store it.
     fn check(quota: &Value, pod: &Value) -> ApiResult<Option<Value>> {
+        let quota = Quota::parse("/q".into(), 1, quota.clone());
         let delta = usage::usage("", "pods", pod);
-        if !evaluate("", "pods", pod, None, &delta, quota)? {
+        if !evaluate("", "pods", pod, None, &delta, &quota)? {
             return Ok(None);
         }
         let prefix = quota_prefix("default");
@@ -632,7 +646,12 @@ mod tests {
             name: object::name(pod).into(),
             delta,
         };
-        add_charge(&charge, quota)
+        let Some(totals) = charge.view().room(&quota, &quota.used)? else {
+            return Ok(None);
+        };
+        let mut used = quota.used.clone();
+        used.extend(totals);
+        Ok(Some((*quota.with_used(used).value).clone()))
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! What a benchmark can learn about a server on the same machine from `/proc`: which process
-//! listens on its port, and how much memory that process holds.
+//! listens on its port, and how much memory and CPU time that process uses.
 
 use std::fs;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 /// The resident set size of process `pid`, in bytes.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
@@ -10,6 +11,22 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// The CPU time process `pid` has used so far, user and system, all threads.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields resume after its last `)`.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks_per_second = u64::try_from(ticks_per_second).ok().filter(|&t| t > 0)?;
+    Some(Duration::from_secs_f64(
+        (user + system) as f64 / ticks_per_second as f64,
+    ))
 }
 
 /// The process listening on `addr` on this machine, if any and visible to us: the listening
@@ -97,6 +114,15 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         assert_eq!(pid_listening_on(addr), Some(std::process::id()));
         assert!(rss_bytes(std::process::id()).unwrap() > 1024 * 1024);
+        // Spinning uses CPU time, which shows within a few clock ticks.
+        let before = cpu_time(std::process::id()).unwrap();
+        let spin = std::time::Instant::now();
+        while cpu_time(std::process::id()).unwrap() == before {
+            assert!(
+                spin.elapsed() < Duration::from_secs(10),
+                "CPU time never moved"
+            );
+        }
         drop(listener);
         assert_eq!(pid_listening_on(addr), None);
     }
