@@ -8,7 +8,9 @@
 //! claim, service, ConfigMap or Secret in it is deleted, when a pod in it finishes, and for
 //! every namespace with quotas once a minute (which covers `count/…` keys of other kinds).
 //! A recount reads the quota, lists (consistently) every kind its keys count, and computes
-//! the usage with the same evaluators admission uses.
+//! the usage with the same evaluators admission uses. Recounts after deletions start at
+//! least [`RECOUNT_SPACING`] apart per namespace: deleting many objects (a namespace being
+//! emptied) then costs one list a second, not one list per deletion.
 //!
 //! Guarantees: the controller never lowers `status.used` below what admission has charged.
 //! Admission writes its charge and the object in one store transaction, but a recount reads
@@ -30,7 +32,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
 };
-use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, ObjectList};
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
@@ -46,6 +48,8 @@ use crate::informers::Informers;
 pub const SETTLE: Duration = Duration::from_secs(2);
 /// How often every quota is recounted regardless of events.
 const RESYNC: Duration = Duration::from_secs(60);
+/// The least time between the starts of two recounts of a namespace after deletions.
+pub const RECOUNT_SPACING: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -71,20 +75,80 @@ pub enum Error {
     },
 }
 
-/// Namespaces waiting for a recount, and the wake-up of the worker.
+/// Namespaces waiting for a recount, each with the earliest time it may start, and the
+/// wake-up of the worker.
 #[derive(Default)]
 struct Dirty {
-    namespaces: Mutex<BTreeSet<String>>,
+    namespaces: Mutex<DirtySet>,
     wake: Notify,
 }
 
+#[derive(Default)]
+struct DirtySet {
+    due: BTreeMap<String, Instant>,
+    /// When each namespace's last recount started.
+    started: HashMap<String, Instant>,
+}
+
+/// What the worker does next.
+enum Next {
+    Recount(String),
+    WaitUntil(Instant),
+    Idle,
+}
+
 impl Dirty {
+    /// Marks a namespace for a recount as soon as the worker is free.
     fn mark(&self, namespace: &str) {
-        self.namespaces
-            .lock()
-            .expect("dirty set")
-            .insert(namespace.to_string());
+        self.mark_at(namespace, Instant::now());
+    }
+
+    /// Marks a namespace for a recount after a deletion: no sooner than
+    /// [`RECOUNT_SPACING`] after its last one started.
+    fn mark_spaced(&self, namespace: &str) {
+        let at = {
+            let set = self.namespaces.lock().expect("dirty set");
+            set.started
+                .get(namespace)
+                .map_or_else(Instant::now, |started| *started + RECOUNT_SPACING)
+        };
+        self.mark_at(namespace, at);
+    }
+
+    /// Marks a namespace for a recount no sooner than `at` (or sooner, if already due then).
+    fn mark_at(&self, namespace: &str, at: Instant) {
+        let mut set = self.namespaces.lock().expect("dirty set");
+        match set.due.get_mut(namespace) {
+            Some(due) => *due = (*due).min(at),
+            None => {
+                set.due.insert(namespace.to_string(), at);
+            }
+        }
+        drop(set);
         self.wake.notify_one();
+    }
+
+    /// The namespace due soonest, taken if due now.
+    fn next(&self) -> Next {
+        let mut set = self.namespaces.lock().expect("dirty set");
+        let Some((namespace, due)) = set
+            .due
+            .iter()
+            .min_by_key(|(_, due)| **due)
+            .map(|(n, d)| (n.clone(), *d))
+        else {
+            return Next::Idle;
+        };
+        let now = Instant::now();
+        if due > now {
+            return Next::WaitUntil(due);
+        }
+        set.due.remove(&namespace);
+        // A start older than the spacing no longer delays anything.
+        set.started
+            .retain(|_, started| now.duration_since(*started) < RECOUNT_SPACING);
+        set.started.insert(namespace.clone(), now);
+        Next::Recount(namespace)
     }
 }
 
@@ -207,7 +271,7 @@ fn mark_if_quoted(quotas: &Store<ResourceQuota>, dirty: &Dirty, namespace: &str)
         .iter()
         .any(|q| q.namespace().as_deref() == Some(namespace))
     {
-        dirty.mark(namespace);
+        dirty.mark_spaced(namespace);
     }
 }
 
@@ -260,10 +324,19 @@ where
 /// The worker: recounts marked namespaces one at a time.
 async fn work(ctx: Arc<Context>) {
     loop {
-        let next = ctx.dirty.namespaces.lock().expect("dirty set").pop_first();
-        let Some(namespace) = next else {
-            ctx.dirty.wake.notified().await;
-            continue;
+        let namespace = match ctx.dirty.next() {
+            Next::Recount(namespace) => namespace,
+            Next::WaitUntil(due) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due.into()) => {}
+                    _ = ctx.dirty.wake.notified() => {}
+                }
+                continue;
+            }
+            Next::Idle => {
+                ctx.dirty.wake.notified().await;
+                continue;
+            }
         };
         let quotas: Vec<String> = ctx
             .quotas
@@ -286,11 +359,7 @@ async fn work(ctx: Arc<Context>) {
 }
 
 fn requeue(ctx: &Arc<Context>, namespace: &str, after: Duration) {
-    let (dirty, namespace) = (ctx.dirty.clone(), namespace.to_string());
-    tokio::spawn(async move {
-        tokio::time::sleep(after).await;
-        dirty.mark(&namespace);
-    });
+    ctx.dirty.mark_at(namespace, Instant::now() + after);
 }
 
 /// Recounts one quota. Returns when to look again, if a lower count waits to settle.
@@ -408,16 +477,24 @@ async fn recount(
         };
         let api: Api<DynamicObject> =
             Api::namespaced_with(ctx.client.clone(), namespace, &api_resource);
-        let list = api
+        // The evaluators read JSON: the items are decoded as JSON, not as typed objects.
+        let request = kube::core::Request::new(api.resource_url())
             .list(&ListParams::default())
-            .await
-            .map_err(|source| Error::List {
+            .map_err(|e| Error::List {
                 namespace: namespace.into(),
                 resource: resource.clone(),
-                source,
+                source: kube::Error::BuildRequest(e),
             })?;
-        for item in list.items {
-            let value = serde_json::to_value(&item).unwrap_or(Value::Null);
+        let list: ObjectList<Value> =
+            ctx.client
+                .request(request)
+                .await
+                .map_err(|source| Error::List {
+                    namespace: namespace.into(),
+                    resource: resource.clone(),
+                    source,
+                })?;
+        for value in list.items {
             let mut u = usage::usage(&group, &resource, &value);
             u.retain(|k, _| hard.contains_key(k));
             usage::add_all(&mut total, &u);
@@ -458,4 +535,42 @@ async fn resolve(
             .insert(key, found.clone());
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recount(dirty: &Dirty) -> Option<String> {
+        match dirty.next() {
+            Next::Recount(namespace) => Some(namespace),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn recounts_after_deletions_are_spaced_per_namespace() {
+        let dirty = Dirty::default();
+        dirty.mark_spaced("a");
+        assert_eq!(
+            recount(&dirty).as_deref(),
+            Some("a"),
+            "the first is due at once"
+        );
+        dirty.mark_spaced("a");
+        dirty.mark_spaced("b");
+        assert_eq!(
+            recount(&dirty).as_deref(),
+            Some("b"),
+            "another namespace is not held"
+        );
+        let Next::WaitUntil(due) = dirty.next() else {
+            panic!("a second recount of a right after the first");
+        };
+        assert!(due > Instant::now() + RECOUNT_SPACING / 2);
+        // A changed limit does not wait.
+        dirty.mark("a");
+        assert_eq!(recount(&dirty).as_deref(), Some("a"));
+        assert!(matches!(dirty.next(), Next::Idle));
+    }
 }
