@@ -148,11 +148,12 @@ static PARSED: LazyLock<Mutex<HashMap<String, Parsed>>> = LazyLock::new(Default:
 /// server's later write of it.
 fn cached_quotas(cache: &QuotaCache, prefix: &str) -> Vec<Arc<Quota>> {
     let (cached, _) = cache.list(prefix);
-    let mut parsed = PARSED.lock().expect("parsed quota map");
     if cached.is_empty() {
-        parsed.remove(prefix);
+        // Every write in a namespace without quotas comes here: it takes no lock. What was
+        // parsed for quotas since deleted stays until the namespace has quotas again.
         return Vec::new();
     }
+    let mut parsed = PARSED.lock().expect("parsed quota map");
     if !parsed.contains_key(prefix) {
         parsed.insert(prefix.to_string(), HashMap::new());
     }

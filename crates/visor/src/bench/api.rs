@@ -422,7 +422,9 @@ async fn quota_overhead(
             .await
             .with_context(|| format!("creating in {}", sides[side]))?;
             cpu[side] = match (cpu[side], cpu_before, server_cpu()) {
-                (Some(total), Some(before), Some(after)) => Some(total + (after - before)),
+                (Some(total), Some(before), Some(after)) => {
+                    Some(total + after.saturating_sub(before))
+                }
                 _ => None,
             };
             throughput[side] = size as f64 / result.elapsed.as_secs_f64();
