@@ -106,18 +106,21 @@ impl Dirty {
     /// Marks a namespace for a recount after a deletion: no sooner than
     /// [`RECOUNT_SPACING`] after its last one started.
     fn mark_spaced(&self, namespace: &str) {
-        let at = {
-            let set = self.namespaces.lock().expect("dirty set");
+        self.schedule(namespace, |set| {
             set.started
                 .get(namespace)
                 .map_or_else(Instant::now, |started| *started + RECOUNT_SPACING)
-        };
-        self.mark_at(namespace, at);
+        });
     }
 
     /// Marks a namespace for a recount no sooner than `at` (or sooner, if already due then).
     fn mark_at(&self, namespace: &str, at: Instant) {
+        self.schedule(namespace, |_| at);
+    }
+
+    fn schedule(&self, namespace: &str, at: impl FnOnce(&DirtySet) -> Instant) {
         let mut set = self.namespaces.lock().expect("dirty set");
+        let at = at(&set);
         match set.due.get_mut(namespace) {
             Some(due) => *due = (*due).min(at),
             None => {

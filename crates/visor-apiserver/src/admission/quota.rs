@@ -68,11 +68,16 @@ impl Quota {
         }
     }
 
-    /// Whether the quota limits anything a write of this kind adds.
-    fn constrains(&self, group: &str, resource: &str) -> bool {
+    /// The keys of `spec.hard` that writes of this kind count against.
+    fn constrained_keys<'a>(
+        &'a self,
+        group: &'a str,
+        resource: &'a str,
+    ) -> impl Iterator<Item = &'a str> + 'a {
         self.hard
             .keys()
-            .any(|k| usage::resource_covers(group, resource, k))
+            .map(String::as_str)
+            .filter(move |k| usage::resource_covers(group, resource, k))
     }
 
     /// This quota with `used` as its usage, to be stored (its revision is the one it
@@ -248,7 +253,10 @@ pub(crate) async fn charge(
     let prefix = quota_prefix(namespace);
     let quotas = cached_quotas(&registry.cache, &prefix);
     // Quotas that constrain nothing this write charges are not evaluated.
-    if !quotas.iter().any(|q| q.constrains(group, resource)) {
+    if !quotas
+        .iter()
+        .any(|q| q.constrained_keys(group, resource).next().is_some())
+    {
         return Ok(None);
     }
     let delta = delta(request);
@@ -513,12 +521,7 @@ fn evaluate(
     quota: &Quota,
 ) -> ApiResult<bool> {
     if (group, resource) == ("", "pods") && old.is_none() {
-        let keys: Vec<&str> = quota
-            .hard
-            .keys()
-            .map(String::as_str)
-            .filter(|k| usage::resource_covers(group, resource, k))
-            .collect();
+        let keys: Vec<&str> = quota.constrained_keys(group, resource).collect();
         if let Some(missing) = usage::pod_missing(new, &keys) {
             return Err(refusal(
                 group,
@@ -565,10 +568,7 @@ impl ChargeView<'_> {
     ) -> ApiResult<Option<Vec<(String, Quantity)>>> {
         let (group, resource, delta) = (self.group, self.resource, self.delta);
         let charged: Vec<&str> = quota
-            .hard
-            .keys()
-            .map(String::as_str)
-            .filter(|k| usage::resource_covers(group, resource, k))
+            .constrained_keys(group, resource)
             .filter(|k| delta.get(*k).is_some_and(|q| q.nanos > 0))
             .collect();
         if charged.is_empty() {
