@@ -13,6 +13,7 @@
 //! (`token`, `access_token`, `password`) are replaced with `REDACTED`, and headers are not
 //! recorded at all.
 
+use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -20,9 +21,10 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::rbac::Attributes;
 
@@ -31,6 +33,9 @@ pub const DEFAULT_MAX_SIZE: u64 = 100 * 1024 * 1024;
 /// Default number of rotated files kept.
 pub const DEFAULT_MAX_FILES: usize = 5;
 const FILE_NAME: &str = "audit.log";
+/// How long the writer gathers events before writing them out: requests queue their events
+/// without waking it one by one.
+const GATHER: Duration = Duration::from_millis(10);
 const SECRET_PARAMETERS: &[&str] = &["token", "access_token", "password"];
 
 /// Where and how much to keep.
@@ -86,48 +91,100 @@ impl AuditEvent {
         }
     }
 
-    fn to_json(&self) -> Value {
-        let user = |u: &(String, Vec<String>)| json!({ "username": u.0, "groups": u.1 });
-        let mut event = json!({
-            "kind": "Event",
-            "apiVersion": "audit.k8s.io/v1",
-            "level": "Metadata",
-            "auditID": self.audit_id,
-            "stage": "ResponseComplete",
-            "requestURI": self.request_uri,
-            "verb": self.attributes.as_ref().map(|a| a.verb.as_str()).unwrap_or(&self.method.to_ascii_lowercase()),
-            "user": self.user.as_ref().map(user).unwrap_or_else(|| json!({ "username": "system:anonymous", "groups": ["system:unauthenticated"] })),
-            "sourceIPs": self.source_ip.iter().collect::<Vec<_>>(),
-            "responseStatus": { "code": self.code },
-            "requestReceivedTimestamp": self.received,
-            "stageTimestamp": jiff::Timestamp::now().to_string(),
-        });
-        if let Some(agent) = &self.user_agent {
-            event["userAgent"] = json!(agent);
+    /// The event as upstream's `audit.k8s.io/v1` Event, ready to serialise.
+    fn line<'a>(&'a self) -> EventLine<'a> {
+        let user = |(username, groups): &'a (String, Vec<String>)| UserLine {
+            username,
+            groups: groups.iter().map(String::as_str).collect(),
+        };
+        let verb = match &self.attributes {
+            Some(a) => Cow::Borrowed(a.verb.as_str()),
+            None => Cow::Owned(self.method.to_ascii_lowercase()),
+        };
+        let non_empty = |s: &'a String| Some(s.as_str()).filter(|s| !s.is_empty());
+        EventLine {
+            kind: "Event",
+            api_version: "audit.k8s.io/v1",
+            level: "Metadata",
+            audit_id: &self.audit_id,
+            stage: "ResponseComplete",
+            request_uri: &self.request_uri,
+            verb,
+            user: self.user.as_ref().map(user).unwrap_or(UserLine {
+                username: "system:anonymous",
+                groups: vec!["system:unauthenticated"],
+            }),
+            source_ips: self.source_ip.iter().map(String::as_str).collect(),
+            response_status: ResponseStatus { code: self.code },
+            request_received_timestamp: &self.received,
+            stage_timestamp: jiff::Timestamp::now().to_string(),
+            user_agent: self.user_agent.as_deref(),
+            impersonated_user: self.impersonated.as_ref().map(user),
+            object_ref: self
+                .attributes
+                .as_ref()
+                .filter(|a| a.resource_request)
+                .map(|a| ObjectRef {
+                    resource: &a.resource,
+                    namespace: non_empty(&a.namespace),
+                    name: non_empty(&a.name),
+                    api_group: non_empty(&a.api_group),
+                    subresource: non_empty(&a.subresource),
+                }),
         }
-        if let Some(impersonated) = &self.impersonated {
-            event["impersonatedUser"] = user(impersonated);
-        }
-        if let Some(a) = self.attributes.as_ref().filter(|a| a.resource_request) {
-            let mut object = json!({ "resource": a.resource, "apiVersion": "" });
-            let fields = [
-                ("namespace", &a.namespace),
-                ("name", &a.name),
-                ("apiGroup", &a.api_group),
-                ("subresource", &a.subresource),
-            ];
-            for (field, value) in fields {
-                if !value.is_empty() {
-                    object[field] = json!(value);
-                }
-            }
-            if let Some(map) = object.as_object_mut() {
-                map.remove("apiVersion");
-            }
-            event["objectRef"] = object;
-        }
-        event
     }
+}
+
+/// An audit log line: upstream's Event at the `Metadata` level.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventLine<'a> {
+    kind: &'static str,
+    api_version: &'static str,
+    level: &'static str,
+    #[serde(rename = "auditID")]
+    audit_id: &'a str,
+    stage: &'static str,
+    #[serde(rename = "requestURI")]
+    request_uri: &'a str,
+    verb: Cow<'a, str>,
+    user: UserLine<'a>,
+    #[serde(rename = "sourceIPs")]
+    source_ips: Vec<&'a str>,
+    response_status: ResponseStatus,
+    request_received_timestamp: &'a str,
+    stage_timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    impersonated_user: Option<UserLine<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    object_ref: Option<ObjectRef<'a>>,
+}
+
+#[derive(Serialize)]
+struct UserLine<'a> {
+    username: &'a str,
+    groups: Vec<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ResponseStatus {
+    code: u16,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ObjectRef<'a> {
+    resource: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_group: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subresource: Option<&'a str>,
 }
 
 /// A request URI with the values of credential-like query parameters replaced.
@@ -233,9 +290,10 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, events: Receiver<AuditEvent>) {
-        // Block for one event, then write whatever else is queued before flushing once.
+        // Block for one event, let more gather, then write them all before flushing once.
         while let Ok(first) = events.recv() {
             self.write(&first);
+            std::thread::sleep(GATHER);
             while let Ok(next) = events.try_recv() {
                 self.write(&next);
             }
@@ -253,7 +311,7 @@ impl Writer {
     }
 
     fn write(&mut self, event: &AuditEvent) {
-        let mut line = serde_json::to_vec(&event.to_json()).expect("JSON serialises");
+        let mut line = serde_json::to_vec(&event.line()).expect("JSON serialises");
         line.push(b'\n');
         if self.size > 0
             && self.size + line.len() as u64 > self.max_size
@@ -289,6 +347,8 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     fn event(i: usize) -> AuditEvent {
@@ -341,6 +401,38 @@ mod tests {
         let first: usize = ids[0].trim_start_matches("id-").parse().unwrap();
         let expected: Vec<String> = (first..200).map(|i| format!("id-{i}")).collect();
         assert_eq!(ids, expected);
+    }
+
+    #[test]
+    fn an_event_line_has_upstreams_field_names() {
+        let mut resource = event(1);
+        resource.impersonated = Some(("bob".into(), vec![]));
+        resource.user_agent = Some("kubectl/v1.32".into());
+        resource.source_ip = Some("127.0.0.1".into());
+        let line: Value = serde_json::to_value(resource.line()).unwrap();
+        assert_eq!(line["auditID"], "id-1");
+        assert_eq!(line["requestURI"], "/api/v1/namespaces/default/pods/p1");
+        assert_eq!(line["verb"], "get");
+        assert_eq!(line["sourceIPs"], serde_json::json!(["127.0.0.1"]));
+        assert_eq!(line["responseStatus"]["code"], 200);
+        assert_eq!(line["impersonatedUser"]["username"], "bob");
+        assert_eq!(line["userAgent"], "kubectl/v1.32");
+        assert_eq!(
+            line["objectRef"],
+            serde_json::json!({"resource": "pods", "namespace": "default", "name": "p1"})
+        );
+        let anonymous = AuditEvent {
+            method: "GET".into(),
+            request_uri: "/version".into(),
+            code: 200,
+            ..AuditEvent::default()
+        };
+        let line: Value = serde_json::to_value(anonymous.line()).unwrap();
+        assert_eq!(line["verb"], "get");
+        assert_eq!(line["user"]["username"], "system:anonymous");
+        for absent in ["objectRef", "impersonatedUser", "userAgent"] {
+            assert!(line.get(absent).is_none(), "{absent} in {line}");
+        }
     }
 
     #[test]

@@ -239,27 +239,81 @@ pub fn rfc3339_in(seconds: i64) -> String {
 /// Serialises a value for the store: without `resourceVersion`, which the store's revision
 /// replaces.
 pub fn to_storage_bytes(obj: &Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(&StorageForm(obj)).expect("a JSON value serialises"))
+    storage_bytes(&StorageForm {
+        object: obj,
+        status_field: None,
+    })
+}
+
+/// [`to_storage_bytes`] of `obj` with `status.<field>` set to `value`, without copying the
+/// object to change one field.
+pub fn to_storage_bytes_with_status(obj: &Value, field: &str, value: &Value) -> Bytes {
+    storage_bytes(&StorageForm {
+        object: obj,
+        status_field: Some((field, value)),
+    })
+}
+
+fn storage_bytes(form: &StorageForm<'_>) -> Bytes {
+    Bytes::from(serde_json::to_vec(form).expect("a JSON value serialises"))
 }
 
 /// An object as stored: `metadata.resourceVersion` left out while serialising, so a write
-/// need not copy the whole object to drop one field.
-struct StorageForm<'a>(&'a Value);
+/// need not copy the whole object to drop one field; `status_field` replaces (or adds) one
+/// field of `status`.
+struct StorageForm<'a> {
+    object: &'a Value,
+    status_field: Option<(&'a str, &'a Value)>,
+}
 
 impl serde::Serialize for StorageForm<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let Value::Object(fields) = self.0 else {
-            return self.0.serialize(serializer);
+        let Value::Object(fields) = self.object else {
+            return self.object.serialize(serializer);
         };
-        let mut map = serializer.serialize_map(Some(fields.len()))?;
+        let adds_status = self.status_field.is_some() && !fields.contains_key("status");
+        let mut map = serializer.serialize_map(Some(fields.len() + usize::from(adds_status)))?;
+        let empty = serde_json::Map::new();
         for (name, value) in fields {
-            match value {
-                Value::Object(metadata) if name == "metadata" => {
+            match (name.as_str(), value) {
+                ("metadata", Value::Object(metadata)) => {
                     map.serialize_entry(name, &WithoutVersion(metadata))?
+                }
+                ("status", status) if self.status_field.is_some() => {
+                    let status = status.as_object().unwrap_or(&empty);
+                    map.serialize_entry(name, &Replacing(status, self.status_field))?
                 }
                 _ => map.serialize_entry(name, value)?,
             }
+        }
+        if adds_status {
+            map.serialize_entry("status", &Replacing(&empty, self.status_field))?;
+        }
+        map.end()
+    }
+}
+
+/// A map with one field replaced, or added at its end.
+struct Replacing<'a>(
+    &'a serde_json::Map<String, Value>,
+    Option<(&'a str, &'a Value)>,
+);
+
+impl serde::Serialize for Replacing<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Replacing(fields, replaced) = *self;
+        let adds = replaced.is_some_and(|(field, _)| !fields.contains_key(field));
+        let mut map = serializer.serialize_map(Some(fields.len() + usize::from(adds)))?;
+        for (name, value) in fields {
+            match replaced {
+                Some((field, new)) if field == name => map.serialize_entry(name, new)?,
+                _ => map.serialize_entry(name, value)?,
+            }
+        }
+        if let Some((field, new)) = replaced.filter(|_| adds) {
+            map.serialize_entry(field, new)?;
         }
         map.end()
     }
@@ -289,6 +343,27 @@ pub fn from_kv(kv: &KeyValue) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_field_is_replaced_or_added_while_storing() {
+        let obj = serde_json::json!({
+            "metadata": {"name": "q", "resourceVersion": "7"},
+            "spec": {"hard": {"pods": "2"}},
+            "status": {"hard": {"pods": "2"}, "used": {"pods": "0"}}
+        });
+        let used = serde_json::json!({"pods": "1"});
+        let stored = to_storage_bytes_with_status(&obj, "used", &used);
+        assert_eq!(
+            std::str::from_utf8(&stored).unwrap(),
+            r#"{"metadata":{"name":"q"},"spec":{"hard":{"pods":"2"}},"status":{"hard":{"pods":"2"},"used":{"pods":"1"}}}"#
+        );
+        let bare = serde_json::json!({"metadata": {"name": "q"}});
+        let stored = to_storage_bytes_with_status(&bare, "used", &used);
+        assert_eq!(
+            std::str::from_utf8(&stored).unwrap(),
+            r#"{"metadata":{"name":"q"},"status":{"used":{"pods":"1"}}}"#
+        );
+    }
 
     fn kv(json: &str, revision: i64) -> KeyValue {
         KeyValue {

@@ -44,12 +44,14 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
-use kube::core::{ApiResource, PartialObjectMeta};
+use kube::core::ApiResource;
 use kube::discovery::{Discovery, Scope, verbs};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::lean_meta::LeanMeta;
 
 /// How often the set of kinds is discovered again.
 const REDISCOVER: Duration = Duration::from_secs(10);
@@ -409,8 +411,7 @@ async fn follow(
     stop: CancellationToken,
     synced: Option<mpsc::UnboundedSender<()>>,
 ) {
-    let api: Api<PartialObjectMeta<DynamicObject>> =
-        Api::all_with(state.client.clone(), &kind.resource);
+    let api: Api<LeanMeta<DynamicObject>> = Api::all_with(state.client.clone(), &kind.resource);
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -473,7 +474,7 @@ async fn follow(
     }
 }
 
-fn observe(state: &State, kind: &Arc<Kind>, object: PartialObjectMeta<DynamicObject>) {
+fn observe(state: &State, kind: &Arc<Kind>, object: LeanMeta<DynamicObject>) {
     let meta = object.metadata;
     let (Some(uid), Some(name)) = (meta.uid, meta.name) else {
         return;

@@ -30,6 +30,7 @@ pub mod disruption;
 pub mod gc;
 pub mod informers;
 pub mod job;
+mod lean_meta;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod quota;

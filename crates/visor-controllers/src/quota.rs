@@ -3,8 +3,9 @@
 //! deletions and shrinking updates (admission only ever adds), and objects made before the
 //! quota.
 //!
-//! Flow: a namespace is marked for a recount when one of its quotas' limits change (not on
-//! admission's charges, which only touch `status.used`), when a pod,
+//! Flow: a namespace is marked for a recount when one of its quotas is new or its limits
+//! change — its `metadata.generation` moves, which admission's charges (they only touch
+//! `status.used`) never do, so the quotas are watched as metadata alone — when a pod,
 //! claim, service, ConfigMap or Secret in it is deleted, when a pod in it finishes, and for
 //! every namespace with quotas once a minute (which covers `count/…` keys of other kinds).
 //! A recount reads the quota, lists (consistently) every kind its keys count, and computes
@@ -33,9 +34,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
 };
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, ObjectList};
-use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -43,6 +42,7 @@ use tokio::sync::Notify;
 use visor_apiserver::admission::usage::{self, ResourceList};
 
 use crate::informers::Informers;
+use crate::lean_meta::LeanMeta;
 
 /// How long a quota must stay unchanged before a recount may lower its usage.
 pub const SETTLE: Duration = Duration::from_secs(2);
@@ -158,9 +158,12 @@ impl Dirty {
 /// A lower count seen for a quota at a resource version, and when that version was read.
 type Pending = HashMap<String, (String, Instant)>;
 
+/// A quota as the controller watches it: its metadata.
+type QuotaMeta = LeanMeta<ResourceQuota>;
+
 struct Context {
     client: Client,
-    quotas: Store<ResourceQuota>,
+    quotas: Arc<QuotaIndex>,
     dirty: Arc<Dirty>,
     pending: Mutex<Pending>,
     resources: Mutex<HashMap<(String, String), ApiResource>>,
@@ -168,7 +171,7 @@ struct Context {
 
 /// Runs the controller until its watches end.
 pub async fn run(client: Client, informers: Arc<Informers>) {
-    let (quotas, writer) = reflector::store();
+    let quotas = Arc::new(QuotaIndex::default());
     let dirty = Arc::new(Dirty::default());
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -178,16 +181,10 @@ pub async fn run(client: Client, informers: Arc<Informers>) {
         resources: Mutex::new(HashMap::new()),
     });
     let quota_events = {
-        let dirty = dirty.clone();
-        let stream = watcher(Api::<ResourceQuota>::all(client.clone()))
-            .reflect(writer)
-            .applied_objects();
-        follow("quota", stream, move |q| {
-            // Admission's charges change only `status.used`; a recount is due when the
-            // limits changed or a key is not counted yet, not on every charge.
-            if needs_recount(&q)
-                && let Some(ns) = q.namespace()
-            {
+        let (dirty, quotas) = (dirty.clone(), quotas.clone());
+        let stream = watcher(Api::<QuotaMeta>::all(client.clone()));
+        follow("quota", stream, move |event| {
+            if let Some(ns) = quotas.observe(&event) {
                 dirty.mark(&ns);
             }
         })
@@ -231,10 +228,8 @@ pub async fn run(client: Client, informers: Arc<Informers>) {
         async move {
             loop {
                 tokio::time::sleep(RESYNC).await;
-                for q in quotas.state() {
-                    if let Some(ns) = q.namespace() {
-                        dirty.mark(&ns);
-                    }
+                for ns in quotas.namespaces() {
+                    dirty.mark(&ns);
                 }
             }
         }
@@ -255,25 +250,90 @@ where
     watcher::watcher(api, watcher::Config::default()).default_backoff()
 }
 
-/// Whether a quota's `status.hard` lags its `spec.hard` or a limited key has no usage yet.
-fn needs_recount(quota: &ResourceQuota) -> bool {
-    let hard = quota
-        .spec
-        .as_ref()
-        .and_then(|s| s.hard.clone())
-        .unwrap_or_default();
-    let status = quota.status.as_ref();
-    let status_hard = status.and_then(|s| s.hard.clone()).unwrap_or_default();
-    let used = status.and_then(|s| s.used.clone()).unwrap_or_default();
-    hard != status_hard || hard.keys().any(|k| !used.contains_key(k))
+/// The quotas the controller knows of, from its watch: where each is, and the generation it
+/// was last marked for a recount at.
+#[derive(Default)]
+struct QuotaIndex {
+    inner: Mutex<IndexState>,
 }
 
-fn mark_if_quoted(quotas: &Store<ResourceQuota>, dirty: &Dirty, namespace: &str) {
-    if quotas
-        .state()
-        .iter()
-        .any(|q| q.namespace().as_deref() == Some(namespace))
-    {
+#[derive(Default)]
+struct IndexState {
+    by_uid: HashMap<String, KnownQuota>,
+    /// While the watch lists again: the quotas listed so far (a quota deleted meanwhile
+    /// is forgotten when the listing ends).
+    relisting: Option<HashMap<String, KnownQuota>>,
+}
+
+#[derive(Clone, PartialEq)]
+struct KnownQuota {
+    namespace: String,
+    name: String,
+    generation: i64,
+}
+
+impl QuotaIndex {
+    /// Takes in a watch event; returns the namespace of a quota that is new or whose spec
+    /// changed since it was last marked.
+    fn observe(&self, event: &Event<QuotaMeta>) -> Option<String> {
+        let mut state = self.inner.lock().expect("quota index");
+        let quota = match event {
+            Event::Init => {
+                state.relisting = Some(HashMap::new());
+                return None;
+            }
+            Event::InitDone => {
+                if let Some(listed) = state.relisting.take() {
+                    state.by_uid = listed;
+                }
+                return None;
+            }
+            Event::Delete(quota) => {
+                state.by_uid.remove(&quota.uid()?);
+                return None;
+            }
+            Event::Apply(quota) | Event::InitApply(quota) => quota,
+        };
+        let known = KnownQuota {
+            namespace: quota.namespace()?,
+            name: quota.name_any(),
+            generation: quota.metadata.generation.unwrap_or(0),
+        };
+        let uid = quota.uid()?;
+        if let Some(listed) = state.relisting.as_mut() {
+            listed.insert(uid.clone(), known.clone());
+        }
+        let before = state.by_uid.insert(uid, known.clone());
+        (before.as_ref().map(|b| b.generation) != Some(known.generation)).then_some(known.namespace)
+    }
+
+    fn has_namespace(&self, namespace: &str) -> bool {
+        let state = self.inner.lock().expect("quota index");
+        state.by_uid.values().any(|q| q.namespace == namespace)
+    }
+
+    /// The names of the quotas in `namespace`.
+    fn names_in(&self, namespace: &str) -> Vec<String> {
+        let state = self.inner.lock().expect("quota index");
+        let mut names: Vec<String> = state
+            .by_uid
+            .values()
+            .filter(|q| q.namespace == namespace)
+            .map(|q| q.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Every namespace with quotas.
+    fn namespaces(&self) -> BTreeSet<String> {
+        let state = self.inner.lock().expect("quota index");
+        state.by_uid.values().map(|q| q.namespace.clone()).collect()
+    }
+}
+
+fn mark_if_quoted(quotas: &QuotaIndex, dirty: &Dirty, namespace: &str) {
+    if quotas.has_namespace(namespace) {
         dirty.mark_spaced(namespace);
     }
 }
@@ -281,7 +341,7 @@ fn mark_if_quoted(quotas: &Store<ResourceQuota>, dirty: &Dirty, namespace: &str)
 /// Marks a namespace with quotas whenever an object of `K` in it is deleted (metadata only).
 fn deletions<K>(
     client: &Client,
-    quotas: &Store<ResourceQuota>,
+    quotas: &Arc<QuotaIndex>,
     dirty: &Arc<Dirty>,
 ) -> futures::future::BoxFuture<'static, ()>
 where
@@ -293,7 +353,7 @@ where
         + Sync
         + 'static,
 {
-    let api = Api::<PartialObjectMeta<K>>::all(client.clone());
+    let api = Api::<LeanMeta<K>>::all(client.clone());
     let (quotas, dirty) = (quotas.clone(), dirty.clone());
     Box::pin(async move {
         let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
@@ -341,13 +401,7 @@ async fn work(ctx: Arc<Context>) {
                 continue;
             }
         };
-        let quotas: Vec<String> = ctx
-            .quotas
-            .state()
-            .iter()
-            .filter(|q| q.namespace().as_deref() == Some(namespace.as_str()))
-            .map(|q| q.name_any())
-            .collect();
+        let quotas = ctx.quotas.names_in(&namespace);
         for name in quotas {
             match sync(&ctx, &namespace, &name).await {
                 Ok(None) => {}
@@ -549,6 +603,42 @@ mod tests {
             Next::Recount(namespace) => Some(namespace),
             _ => None,
         }
+    }
+
+    fn quota(uid: &str, generation: i64) -> QuotaMeta {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        LeanMeta::new(ObjectMeta {
+            name: Some("q".into()),
+            namespace: Some("team".into()),
+            uid: Some(uid.into()),
+            generation: Some(generation),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_quota_is_recounted_when_new_or_its_spec_changed_not_on_charges() {
+        let quotas = QuotaIndex::default();
+        let changed = |e| quotas.observe(&e).is_some();
+        assert!(changed(Event::Apply(quota("a", 1))), "new");
+        assert!(
+            !changed(Event::Apply(quota("a", 1))),
+            "a charge moves no generation"
+        );
+        assert!(changed(Event::Apply(quota("a", 2))), "edited");
+        assert!(changed(Event::Apply(quota("b", 1))));
+        assert_eq!(quotas.names_in("team"), ["q", "q"]);
+        // A re-list after a watch gap: unchanged quotas stay as they were, one deleted
+        // meanwhile is forgotten.
+        assert!(!changed(Event::Init));
+        assert!(!changed(Event::InitApply(quota("a", 2))));
+        assert!(!changed(Event::InitDone));
+        assert_eq!(quotas.names_in("team"), ["q"]);
+        assert!(changed(Event::Apply(quota("b", 1))), "b again");
+        assert!(!changed(Event::Delete(quota("b", 1))));
+        assert!(!changed(Event::Delete(quota("a", 2))));
+        assert!(!quotas.has_namespace("team"));
+        assert!(quotas.namespaces().is_empty());
     }
 
     #[test]

@@ -50,7 +50,10 @@ const BATCH_LIMIT: usize = 256;
 struct Quota {
     key: String,
     revision: Revision,
+    /// The quota as read; its `status.used` is out of date once this server charged it.
     value: Arc<Value>,
+    /// `status.used` as this server last wrote it, when it did.
+    written_used: Option<Value>,
     name: String,
     hard: ResourceList,
     used: ResourceList,
@@ -65,6 +68,7 @@ impl Quota {
             key,
             revision,
             value: Arc::new(value),
+            written_used: None,
         }
     }
 
@@ -84,9 +88,10 @@ impl Quota {
     /// replaces until the store assigns the new one). Entries that did not change keep
     /// their text as stored.
     fn with_used(&self, used: ResourceList) -> Quota {
-        let mut value = (*self.value).clone();
-        let mut stored = value
-            .pointer("/status/used")
+        let mut stored = self
+            .written_used
+            .as_ref()
+            .or_else(|| self.value.pointer("/status/used"))
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
@@ -95,14 +100,22 @@ impl Quota {
                 stored.insert(key.clone(), json!(quantity.canonical()));
             }
         }
-        value["status"]["used"] = Value::Object(stored);
         Quota {
             key: self.key.clone(),
             revision: self.revision,
-            value: Arc::new(value),
+            value: self.value.clone(),
+            written_used: Some(Value::Object(stored)),
             name: self.name.clone(),
             hard: self.hard.clone(),
             used,
+        }
+    }
+
+    /// The quota as stored.
+    fn storage_bytes(&self) -> bytes::Bytes {
+        match &self.written_used {
+            Some(used) => object::to_storage_bytes_with_status(&self.value, "used", used),
+            None => object::to_storage_bytes(&self.value),
         }
     }
 }
@@ -409,7 +422,7 @@ async fn store_batch(
             .iter()
             .map(|quota| TxnWrite::Update {
                 key: quota.key.clone(),
-                value: object::to_storage_bytes(&quota.value),
+                value: quota.storage_bytes(),
                 expected: quota.revision,
             })
             .chain(batch.iter().map(|pending| pending.write.clone()))
@@ -652,7 +665,9 @@ mod tests {
         };
         let mut used = quota.used.clone();
         used.extend(totals);
-        Ok(Some((*quota.with_used(used).value).clone()))
+        Ok(Some(
+            serde_json::from_slice(&quota.with_used(used).storage_bytes()).unwrap(),
+        ))
     }
 
     #[test]

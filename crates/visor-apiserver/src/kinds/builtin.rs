@@ -92,6 +92,8 @@ pub fn resources() -> Vec<ResourceDef> {
         ResourceDef::new("", "v1", "ResourceQuota", "resourcequotas", true)
             .short_names(&["quota"])
             .subresources(&[Status])
+            // The quota controller watches quotas as metadata and recounts when this moves.
+            .generation()
             .typed::<core::v1::ResourceQuota>()
             .columns(printers::resourcequota()),
         ResourceDef::new("", "v1", "LimitRange", "limitranges", true)
