@@ -16,10 +16,10 @@
 //!
 //! `--quota-overhead` compares creates with and without quota admission on the same machine
 //! state: it creates `--objects` ConfigMaps in the benchmark's namespace and as many in a second
-//! namespace with a ResourceQuota, in alternating blocks of [`QUOTA_BLOCK`] over the same
-//! connections, and reports both throughputs and the overhead. Separate runs cannot show a
-//! 10 % difference on a machine whose disk latency drifts by more than that within minutes;
-//! adjacent blocks see the same disk. The overhead is the median over pairs of adjacent blocks
+//! namespace with a ResourceQuota, in alternating blocks of [`QUOTA_BLOCK`] creates per
+//! connection over the same connections, and reports both throughputs and the overhead.
+//! Separate runs cannot show a 10 % difference on a machine whose disk latency drifts by more
+//! than that within minutes; adjacent blocks see the same disk. The overhead is the median over pairs of adjacent blocks
 //! of `1 − quota throughput / plain throughput`, so a stall in one block moves one pair only.
 //!
 //! The server's RSS is read from `/proc` when the server runs on this machine: the process
@@ -92,8 +92,10 @@ pub struct ApiArgs {
     pub quota_overhead: bool,
 }
 
-/// Creates per block in the `--quota-overhead` comparison: long enough that a block's time is
-/// not one request's jitter, short enough that adjacent blocks share the machine's state.
+/// Creates per connection per block in the `--quota-overhead` comparison: long enough that a
+/// block's time is not one request's jitter, nor its start and end (when fewer than all
+/// connections are busy) much of it; short enough that adjacent blocks share the machine's
+/// state.
 const QUOTA_BLOCK: usize = 100;
 
 /// The namespace with the ResourceQuota in the `--quota-overhead` comparison.
@@ -374,7 +376,7 @@ async fn measure(
 }
 
 /// Creates `count` ConfigMaps in `namespace` and as many in its quota namespace, alternating
-/// blocks of [`QUOTA_BLOCK`] (which side goes first alternates too), and reports each side's
+/// blocks of [`QUOTA_BLOCK`] per connection (which side goes first alternates too), and reports each side's
 /// throughput and the median overhead over pairs of adjacent blocks, and — when the server
 /// runs on this machine — the server's CPU time per create on each side (work a block sets
 /// off that outlasts it is counted in the block after, of the other side, so the CPU figures
@@ -395,8 +397,9 @@ async fn quota_overhead(
     let mut overheads = Vec::new();
     let bar = progress.bar("create with and without quota", 2 * count);
     let quiet = Progress { enabled: false };
-    for (block, first) in (0..count).step_by(QUOTA_BLOCK).enumerate() {
-        let size = QUOTA_BLOCK.min(count - first);
+    let block_size = QUOTA_BLOCK * conns.len();
+    for (block, first) in (0..count).step_by(block_size).enumerate() {
+        let size = block_size.min(count - first);
         let mut throughput = [0.0; 2];
         for side in [block % 2, 1 - block % 2] {
             let path = format!("/api/v1/namespaces/{}/configmaps", sides[side]);
