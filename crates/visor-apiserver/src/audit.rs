@@ -110,7 +110,7 @@ impl AuditEvent {
             stage: "ResponseComplete",
             request_uri: &self.request_uri,
             verb,
-            user: self.user.as_ref().map(user).unwrap_or(UserLine {
+            user: self.user.as_ref().map(user).unwrap_or_else(|| UserLine {
                 username: "system:anonymous",
                 groups: vec!["system:unauthenticated"],
             }),

@@ -16,7 +16,7 @@ use kube::Resource;
 use serde::Deserialize;
 
 /// An object's metadata, without `managedFields`, for metadata-only requests of `K`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(bound = "")]
 pub struct LeanMeta<K> {
     #[serde(default, deserialize_with = "without_managed_fields")]

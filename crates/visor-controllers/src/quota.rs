@@ -265,7 +265,7 @@ struct IndexState {
     relisting: Option<HashMap<String, KnownQuota>>,
 }
 
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 struct KnownQuota {
     namespace: String,
     name: String,
