@@ -294,10 +294,7 @@ impl EtcdWatch {
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
                 let converted = match event.event_type() {
-                    etcd_client::EventType::Put => Event::Put {
-                        kv: convert(kv),
-                        prev: event.prev_kv().map(convert),
-                    },
+                    etcd_client::EventType::Put => Event::Put { kv: convert(kv) },
                     etcd_client::EventType::Delete => {
                         // etcd omits the previous value only if it was compacted away meanwhile.
                         let prev = event.prev_kv().map(convert).unwrap_or_else(|| KeyValue {

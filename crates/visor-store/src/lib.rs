@@ -40,12 +40,10 @@ pub struct KeyValue {
 /// One change seen by a watch, in revision order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// The key was created or updated; `kv.mod_revision` is the revision of this write.
-    /// `prev` is the value before the write, if the key existed.
-    Put {
-        kv: KeyValue,
-        prev: Option<KeyValue>,
-    },
+    /// The key was created or updated; `kv.mod_revision` is the revision of this write. (The
+    /// value it replaced is not carried: the watch cache keeps its own, and reading it back
+    /// would cost every update a read in the store's writer.)
+    Put { kv: KeyValue },
     /// The key was deleted at `revision`; `prev` is its last value before the delete.
     Delete { prev: KeyValue, revision: Revision },
 }

@@ -69,7 +69,7 @@ DROP TABLE IF EXISTS kv;
 const SQL_VALUE: &str = "SELECT value FROM log WHERE rev = ?1";
 const SQL_INDEX: &str = "SELECT rev, key, create_rev, deleted FROM log ORDER BY rev";
 const SQL_REPLAY: &str = "SELECT l.rev, l.key, l.value, l.create_rev, l.prev_rev, l.deleted, \
-     p.value, p.create_rev FROM log l LEFT JOIN log p ON p.rev = l.prev_rev \
+     p.value, p.create_rev FROM log l LEFT JOIN log p ON l.deleted AND p.rev = l.prev_rev \
      WHERE l.rev >= ?1 AND l.rev <= ?2 AND l.key >= ?3 AND l.key < ?4 ORDER BY l.rev LIMIT ?5";
 const SQL_HEAD: &str = "SELECT COALESCE((SELECT MAX(rev) FROM log), 0), \
      COALESCE((SELECT value FROM meta WHERE name = 'compacted'), 0)";
@@ -519,11 +519,12 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes one checked create (`prev` None) or update at the next revision.
+    /// Writes one checked create (`prev` None) or update (of the key's live version `prev`)
+    /// at the next revision.
     fn put(
         &mut self,
         write: &TxnWrite,
-        prev: Option<KeyValue>,
+        prev: Option<Version>,
         events: &mut Vec<Event>,
     ) -> rusqlite::Result<Revision> {
         let (TxnWrite::Create { key, value } | TxnWrite::Update { key, value, .. }) = write;
@@ -540,7 +541,7 @@ impl Writer {
                 }
             }
             Some(prev) => {
-                self.append_log(key, Some(value), prev.create_revision, prev.mod_revision)?;
+                self.append_log(key, Some(value), prev.create_revision, prev.revision)?;
                 KeyValue {
                     key: key.clone(),
                     value: value.clone(),
@@ -549,7 +550,7 @@ impl Writer {
                 }
             }
         };
-        events.push(Event::Put { kv, prev });
+        events.push(Event::Put { kv });
         Ok(rev)
     }
 
@@ -574,18 +575,23 @@ impl Writer {
                             previous.push(None);
                             continue;
                         }
-                        TxnWrite::Update { key, expected, .. } => match self.current(key)? {
-                            None => StoreError::NotFound(key.clone()),
-                            Some(prev) if prev.mod_revision == *expected => {
-                                previous.push(Some(prev));
-                                continue;
+                        TxnWrite::Update { key, expected, .. } => {
+                            // The index answers the precondition; the value is read only
+                            // to report a conflict.
+                            let live = self.shared.index().live_at(key, Revision::MAX);
+                            match live {
+                                None => StoreError::NotFound(key.clone()),
+                                Some(live) if live.revision == *expected => {
+                                    previous.push(Some(live));
+                                    continue;
+                                }
+                                Some(_) => StoreError::Conflict {
+                                    key: key.clone(),
+                                    expected: *expected,
+                                    current: self.current(key)?,
+                                },
                             }
-                            Some(prev) => StoreError::Conflict {
-                                key: key.clone(),
-                                expected: *expected,
-                                current: Some(prev),
-                            },
-                        },
+                        }
                     };
                     return Ok(Err(failed));
                 }
@@ -726,19 +732,13 @@ fn read_log(tx: &Connection, prefix: &str, from: Revision, to: Revision) -> Resu
                 let deleted: bool = r.get(5)?;
                 let prev_value: Option<Vec<u8>> = r.get(6)?;
                 let prev_create: Option<Revision> = r.get(7)?;
-                let prev = (prev_rev != 0).then(|| KeyValue {
-                    key: key.clone(),
-                    value: value_bytes(prev_value),
-                    create_revision: prev_create.unwrap_or(create_revision),
-                    mod_revision: prev_rev,
-                });
                 Ok(if deleted {
-                    let prev = prev.unwrap_or_else(|| KeyValue {
+                    let prev = KeyValue {
                         key: key.clone(),
-                        value: Bytes::new(),
-                        create_revision,
+                        value: value_bytes(prev_value),
+                        create_revision: prev_create.unwrap_or(create_revision),
                         mod_revision: prev_rev,
-                    });
+                    };
                     Event::Delete {
                         prev,
                         revision: rev,
@@ -752,7 +752,6 @@ fn read_log(tx: &Connection, prefix: &str, from: Revision, to: Revision) -> Resu
                             create_revision,
                             mod_revision: rev,
                         },
-                        prev,
                     }
                 })
             },

@@ -32,9 +32,9 @@ async fn assert_quiet(stream: &mut WatchStream) {
     }
 }
 
-fn put_of(event: &Event) -> (&KeyValue, Option<&KeyValue>) {
+fn put_of(event: &Event) -> &KeyValue {
     match event {
-        Event::Put { kv, prev } => (kv, prev.as_ref()),
+        Event::Put { kv } => kv,
         other => panic!("expected a put, got {other:?}"),
     }
 }
@@ -349,7 +349,7 @@ async fn watch_live_events(store: DynStore) {
     let (d, _) = store.delete("/t/w/a", Some(u)).await.unwrap();
 
     let e = next_event(&mut watch).await;
-    let (kv, prev) = put_of(&e);
+    let kv = put_of(&e);
     assert_eq!(
         (
             kv.key.as_str(),
@@ -359,15 +359,13 @@ async fn watch_live_events(store: DynStore) {
         ),
         ("/t/w/a", b("1"), c, c)
     );
-    assert!(prev.is_none(), "a create has no previous value");
     let e = next_event(&mut watch).await;
-    let (kv, prev) = put_of(&e);
+    let kv = put_of(&e);
     assert_eq!(
         (kv.value.clone(), kv.mod_revision, kv.create_revision),
-        (b("2"), u, c)
+        (b("2"), u, c),
+        "an update keeps the key's create revision"
     );
-    let prev = prev.expect("an update carries the previous value");
-    assert_eq!((prev.value.clone(), prev.mod_revision), (b("1"), c));
     match next_event(&mut watch).await {
         Event::Delete { prev, revision } => {
             assert_eq!(revision, d);
@@ -423,15 +421,13 @@ async fn watch_replays_then_follows(store: DynStore) {
                 "replayed delete carries the last value"
             );
         }
-        if let Event::Put {
-            kv,
-            prev: Some(prev),
-        } = &event
+        if let Event::Put { kv } = &event
+            && kv.mod_revision == r
         {
             assert_eq!(
-                (kv.value.clone(), prev.value.clone()),
-                (b("a2"), b("a1")),
-                "replayed update carries its previous value"
+                (kv.value.clone(), kv.create_revision),
+                (b("a2"), first),
+                "a replayed update carries its value and the key's create revision"
             );
         }
         got.push((event.key().to_string(), event.revision()));
@@ -556,9 +552,8 @@ async fn compaction(store: DynStore) {
     let e = next_event(&mut watch).await;
     assert_eq!((e.key(), e.revision()), ("/t/c/keep", rk));
     let e = next_event(&mut watch).await;
-    let (kv, prev) = put_of(&e);
+    let kv = put_of(&e);
     assert_eq!((kv.value.clone(), kv.mod_revision), (b("a4"), r4));
-    assert_eq!(prev.expect("prev survives compaction").value, b("a3"));
 
     // Compacting again to the same revision changes nothing; the future is refused.
     store.compact(r3).await.unwrap();
@@ -738,9 +733,8 @@ async fn transactions_write_all_or_nothing(store: DynStore) {
         seen.iter().map(Event::key).collect::<Vec<_>>(),
         ["/x/a", "/x/counter"]
     );
-    let (kv, prev) = put_of(&seen[1]);
+    let kv = put_of(&seen[1]);
     assert_eq!(kv.value, b("1"));
-    assert_eq!(prev.map(|p| p.value.clone()), Some(b("0")));
 
     // A stale update refuses the whole transaction: the create beside it is not written.
     let before = store.current_revision().await.unwrap();
