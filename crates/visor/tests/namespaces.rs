@@ -68,6 +68,88 @@ fn pod(name: &str, cpu_limit: Option<&str>) -> String {
     )
 }
 
+crate::backend_tests!(racing_charged_creates_are_counted_exactly);
+
+/// Many writers racing for one quota's last units, with names taken twice, so that batches of
+/// charged writes hold writes the store refuses: exactly the quota's room is admitted and the
+/// quota counts exactly what was stored.
+fn racing_charged_creates_are_counted_exactly(backend: Backend) {
+    const ROOM: usize = 120;
+    const WRITERS: usize = 16;
+    const EACH: usize = 20;
+    let server = TestServer::start(backend);
+    server.ok(&["create", "namespace", "race"]);
+    server.ok(&[
+        "create",
+        "quota",
+        "room",
+        "-n",
+        "race",
+        &format!("--hard=count/configmaps={ROOM}"),
+    ]);
+    eventually("the quota counted", Duration::from_secs(20), || {
+        let quota = server.json(&["get", "resourcequota", "room", "-n", "race"]);
+        quota["status"]["used"]["count/configmaps"]
+            .as_str()
+            .map(str::to_string)
+    });
+    let before = server
+        .ok(&["get", "configmaps", "-n", "race", "--no-headers"])
+        .lines()
+        .count();
+    let server = Arc::new(server);
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                (0..EACH)
+                    .map(|i| {
+                        // Every fourth name is also another writer's.
+                        let n = writer * EACH + i;
+                        let name = if n % 4 == 0 {
+                            n % (WRITERS * EACH / 2)
+                        } else {
+                            n
+                        };
+                        let body = format!(
+                            r#"{{"apiVersion": "v1", "kind": "ConfigMap",
+                                "metadata": {{"name": "cm-{name}"}}}}"#
+                        );
+                        server
+                            .raw(
+                                Method::POST,
+                                "/api/v1/namespaces/race/configmaps",
+                                "application/json",
+                                body,
+                            )
+                            .0
+                            .as_u16()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let codes: Vec<u16> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    let created = codes.iter().filter(|&&c| c == 201).count();
+    let refused = codes.iter().filter(|&&c| c == 403 || c == 409).count();
+    assert_eq!(created + before, ROOM, "{codes:?}");
+    assert_eq!(created + refused, WRITERS * EACH, "{codes:?}");
+    let stored = server
+        .ok(&["get", "configmaps", "-n", "race", "--no-headers"])
+        .lines()
+        .count();
+    assert_eq!(stored, ROOM);
+    let quota = server.json(&["get", "resourcequota", "room", "-n", "race"]);
+    assert_eq!(
+        quota["status"]["used"]["count/configmaps"],
+        ROOM.to_string(),
+        "{quota}"
+    );
+}
+
 #[test]
 fn supervisor_namespace_enforces_its_limits() {
     let server = TestServer::start(Backend::Sqlite);
