@@ -106,7 +106,7 @@ fn racing_charged_creates_are_counted_exactly(backend: Backend) {
                     .map(|i| {
                         // Every fourth name is also another writer's.
                         let n = writer * EACH + i;
-                        let name = if n % 4 == 0 {
+                        let name = if n.is_multiple_of(4) {
                             n % (WRITERS * EACH / 2)
                         } else {
                             n
