@@ -6,7 +6,8 @@
 //! given revision is looked up in memory ([`index`], rebuilt from `log` on open), as etcd does:
 //! a write appends one row and touches no key-ordered B-tree.
 //!
-//! Writes go through one writer thread that owns the only write connection (group commit): it
+//! Writes go through one write connection. A write that finds no other one under way commits
+//! on its caller's thread; concurrent writes go through the writer thread (group commit): it
 //! drains every queued request into one transaction, checks each request's precondition in queue
 //! order (so a request sees the ones before it), commits once, then answers every caller and
 //! publishes the batch's events to live watches. With `synchronous=FULL` in WAL mode, the commit's
@@ -23,7 +24,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
@@ -77,6 +78,11 @@ const SQL_HEAD: &str = "SELECT COALESCE((SELECT MAX(rev) FROM log), 0), \
 pub struct SqliteStore {
     shared: Arc<Shared>,
     writes: mpsc::Sender<WriteRequest>,
+    /// The write connection: the writer thread's, or a caller's that finds no other write
+    /// queued or being committed (see [`SqliteStore::write_here`]).
+    writer: Arc<Mutex<Writer>>,
+    /// Writes between their call and their answer.
+    writing: AtomicUsize,
     feed: broadcast::Sender<Arc<Batch>>,
 }
 
@@ -224,12 +230,16 @@ impl SqliteStore {
             feed: feed.clone(),
             revision: current,
         };
+        let writer = Arc::new(Mutex::new(writer));
+        let thread_writer = writer.clone();
         std::thread::Builder::new()
             .name("visor-store-writer".into())
-            .spawn(move || writer.run(queue))?;
+            .spawn(move || Writer::run(&thread_writer, queue))?;
         Ok(SqliteStore {
             shared,
             writes,
+            writer,
+            writing: AtomicUsize::new(0),
             feed,
         })
     }
@@ -243,13 +253,38 @@ impl SqliteStore {
 
     async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
         let (reply, answer) = oneshot::channel();
-        self.writes
-            .send(WriteRequest { op, reply })
-            .await
-            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
+        let writing = Writing::start(&self.writing);
+        let request = WriteRequest { op, reply };
+        let request = match writing.alone {
+            true => self.write_here(request),
+            false => Some(request),
+        };
+        if let Some(request) = request {
+            self.writes
+                .send(request)
+                .await
+                .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
+        }
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?
+    }
+
+    /// Commits a lone write (no other one under way) on the calling thread, or hands it back
+    /// for the writer thread. It so skips the hand-off to the writer thread and the wake-up
+    /// back, about 50 µs of a create's 500 on this project's machines, while concurrent
+    /// writes still meet in the writer thread's group commits. The caller's thread is held
+    /// for one commit; the commit waits for nothing but the disk, and nothing else of the
+    /// store is waiting for it. Compactions, which may take longer, always go to the writer.
+    fn write_here(&self, request: WriteRequest) -> Option<WriteRequest> {
+        if matches!(request.op, WriteOp::Compact { .. }) {
+            return Some(request);
+        }
+        let Ok(mut writer) = self.writer.try_lock() else {
+            return Some(request);
+        };
+        writer.commit_batch(&mut vec![request]);
+        None
     }
 }
 
@@ -386,6 +421,29 @@ fn check_revision(
     }
 }
 
+/// Counts a write under way in [`SqliteStore::write`] until it is answered or abandoned.
+struct Writing<'a> {
+    count: &'a AtomicUsize,
+    /// Whether no other write was under way when this one started.
+    alone: bool,
+}
+
+impl<'a> Writing<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        let before = count.fetch_add(1, Ordering::AcqRel);
+        Writing {
+            count,
+            alone: before == 0,
+        }
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Owns the write connection; see the module documentation for the batching protocol.
 struct Writer {
     conn: Connection,
@@ -395,10 +453,12 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut queue: mpsc::Receiver<WriteRequest>) {
+    fn run(writer: &Mutex<Writer>, mut queue: mpsc::Receiver<WriteRequest>) {
         let mut batch = Vec::with_capacity(64);
-        // Ends when every store handle is gone; the feed sender drops with it, ending watches.
+        // Ends when every store handle is gone; the feed sender drops with the last of them
+        // and this thread's handle on the writer, ending watches.
         while let Some(first) = queue.blocking_recv() {
+            let mut writer = writer.lock().expect("store writer");
             batch.push(first);
             while batch.len() < MAX_BATCH {
                 match queue.try_recv() {
@@ -406,7 +466,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit_batch(&mut batch);
+            writer.commit_batch(&mut batch);
         }
     }
 
