@@ -255,9 +255,10 @@ impl SqliteStore {
         let (reply, answer) = oneshot::channel();
         let writing = Writing::start(&self.writing);
         let request = WriteRequest { op, reply };
-        let request = match writing.alone {
-            true => self.write_here(request),
-            false => Some(request),
+        let request = if writing.alone {
+            self.write_here(request)
+        } else {
+            Some(request)
         };
         if let Some(request) = request {
             self.writes
