@@ -78,8 +78,8 @@ const SQL_HEAD: &str = "SELECT COALESCE((SELECT MAX(rev) FROM log), 0), \
 pub struct SqliteStore {
     shared: Arc<Shared>,
     writes: mpsc::Sender<WriteRequest>,
-    /// The write connection: the writer thread's, or a caller's that finds no other write
-    /// queued or being committed (see [`SqliteStore::write_here`]).
+    /// The write connection: the writer thread's, or a caller's whose write found no other
+    /// one under way (see [`SqliteStore::write_here`]).
     writer: Arc<Mutex<Writer>>,
     /// Writes between their call and their answer.
     writing: AtomicUsize,
@@ -260,15 +260,11 @@ impl SqliteStore {
         } else {
             Some(request)
         };
+        let stopped = || StoreError::Unavailable("the store's writer has stopped".into());
         if let Some(request) = request {
-            self.writes
-                .send(request)
-                .await
-                .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
+            self.writes.send(request).await.map_err(|_| stopped())?;
         }
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Commits a lone write (no other one under way) on the calling thread, or hands it back

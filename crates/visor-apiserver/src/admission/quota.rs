@@ -329,15 +329,13 @@ pub(crate) async fn write(
             prefix: charge.prefix.clone(),
             queue,
         };
-        let mut batch = vec![pending];
-        match store_batch(&storing.store, &storing.cache, &storing.prefix, &mut batch).await {
-            Ok(written) => remember(&storing.prefix, &written),
-            Err(e) => {
-                for mut pending in batch {
-                    pending.answer(Err(e.clone()));
-                }
-            }
-        }
+        store_and_answer(
+            &storing.store,
+            &storing.cache,
+            &storing.prefix,
+            vec![pending],
+        )
+        .await;
     }
     outcome
         .await
@@ -381,7 +379,7 @@ async fn store_batches(
     queue: Arc<Mutex<Queue>>,
 ) {
     loop {
-        let mut batch = {
+        let batch = {
             let mut queue = queue.lock().expect("quota queue");
             if queue.waiting.is_empty() {
                 queue.busy = false;
@@ -389,12 +387,22 @@ async fn store_batches(
             }
             take_batch(&mut queue.waiting)
         };
-        match store_batch(&store, &cache, &prefix, &mut batch).await {
-            Ok(written) => remember(&prefix, &written),
-            Err(e) => {
-                for mut pending in batch {
-                    pending.answer(Err(e.clone()));
-                }
+        store_and_answer(&store, &cache, &prefix, batch).await;
+    }
+}
+
+/// Stores one batch, answers each of its writes and remembers the quotas it wrote.
+async fn store_and_answer(
+    store: &DynStore,
+    cache: &QuotaCache,
+    prefix: &str,
+    mut batch: Vec<Pending>,
+) {
+    match store_batch(store, cache, prefix, &mut batch).await {
+        Ok(written) => remember(prefix, &written),
+        Err(e) => {
+            for mut pending in batch {
+                pending.answer(Err(e.clone()));
             }
         }
     }
