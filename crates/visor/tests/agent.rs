@@ -450,8 +450,16 @@ fn thirty_pods_start_and_stop_and_leave_nothing_behind_and_a_second_host_joins()
             .count(),
         30
     );
+    let uids: Vec<String> = server.json(&["get", "pods"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["uid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(uids.len(), 30);
     server.ok(&["delete", "pods", "--all", "--wait=true", "--timeout=120s"]);
-    // Nothing of the pods is left on the host: runtime state, network namespaces, mounts.
+    // Nothing of the pods is left on the host: runtime state, network namespaces, mounts,
+    // cgroups, processes.
     let leftovers = visor_leftovers(&state);
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
     let namespaces: Vec<String> = std::fs::read_dir("/run/netns")
@@ -473,6 +481,101 @@ fn thirty_pods_start_and_stop_and_leave_nothing_behind_and_a_second_host_joins()
         !mounts.lines().any(|l| l.contains(&agent_dir)),
         "mounts left behind under {agent_dir}"
     );
+    let controllers: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
+    for uid in &uids {
+        for controller in &controllers {
+            let cgroup = controller.join("visor").join(uid);
+            assert!(!cgroup.exists(), "{} left behind", cgroup.display());
+        }
+    }
+    // The shims and containers of the host all name a path under its runtime state.
+    let runtime_state = format!("{agent_dir}/oci/");
+    let processes: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(&runtime_state))
+        .collect();
+    assert!(processes.is_empty(), "processes left behind: {processes:?}");
+}
+
+#[test]
+fn bench_pods_measures_pods_and_the_bare_runtime_and_leaves_nothing_behind() {
+    let server = TestServer::start(Backend::Sqlite);
+    let mut agent = TestAgent::start(&server, "bench-host", &[]);
+    agent.wait_ready(&server, READY);
+    let bench = std::process::Command::new(env!("CARGO_BIN_EXE_visor"))
+        .args(["bench", "pods", "--kubeconfig"])
+        .arg(server.kubeconfig())
+        .arg("--agent-data-dir")
+        .arg(agent.dir.path())
+        .args(["--node", "bench-host", "--runs", "2", "--burst", "3"])
+        .args(["--bare-runc", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bench_pid = bench.id();
+    let out = bench.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics: std::collections::BTreeMap<String, f64> = stdout
+        .lines()
+        .map(|line| {
+            let metric: Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert_eq!(metric["bench"], "pods", "{line}");
+            (
+                metric["metric"].as_str().unwrap().to_string(),
+                metric["value"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    for key in [
+        "single_p50",
+        "single_p99",
+        "burst_p50",
+        "burst_p99",
+        "burst_throughput",
+        "bare_runc_single_p50",
+        "bare_runc_burst_p99",
+        "agent_rss_idle_mib",
+    ] {
+        let value = metrics
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key}: {stdout}"));
+        assert!(*value > 0.0, "{key} = {value}");
+    }
+    // A container cannot be running before its runtime has started it.
+    assert!(
+        metrics["single_p50"] > metrics["bare_runc_single_p50"] / 2.0,
+        "{stdout}"
+    );
+
+    // The bare containers are gone with their cgroups, and the pods with their namespace.
+    let bare_prefix = format!("visor-bench-{bench_pid}-");
+    let bare_cgroups: Vec<String> = std::fs::read_dir("/sys/fs/cgroup/memory")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&bare_prefix))
+        .collect();
+    assert!(bare_cgroups.is_empty(), "left behind: {bare_cgroups:?}");
+    eventually("the bench's namespace gone", READY, || {
+        let namespaces = server.ok(&["get", "namespaces", "-o", "name"]);
+        (!namespaces.contains("bench-pods-")).then_some(())
+    });
+    let leftovers = visor_leftovers(&agent.dir.path().join("oci"));
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
 }
 
 /// A plain HTTP GET to a local port, answering the whole response.

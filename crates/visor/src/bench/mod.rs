@@ -9,6 +9,7 @@ use clap::Subcommand;
 
 pub mod api;
 pub mod auth;
+pub mod bare_runc;
 pub mod declarative;
 pub mod pods;
 pub mod procfs;

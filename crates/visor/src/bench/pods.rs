@@ -7,6 +7,9 @@
 //! - **Agent memory**: the RSS of the process serving the host's endpoint, idle before the
 //!   pods and with the burst running, and the difference per pod.
 //!
+//! - **The runtime's floor** (`--bare-runc`): the same container started by runc alone, one
+//!   at a time and in a burst (see [`super::bare_runc`]).
+//!
 //! The image is cached first (the busybox test image, built from the host's busybox and
 //! imported into the agent's cache), so the figures are about starting pods, not pulling.
 //! Run it against `visor server` plus a separate `visor agent` to see the agent's own memory;
@@ -25,6 +28,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 
+use super::bare_runc::BareRunc;
 use super::report::{Report, Row};
 use super::stats::Latencies;
 
@@ -49,6 +53,13 @@ pub struct PodsArgs {
     /// Pods started at once.
     #[arg(long, default_value_t = 50)]
     pub burst: usize,
+    /// Then start the same containers with runc alone (no Visor), one at a time and in a
+    /// burst of the same size: the floor the runtime sets on this machine.
+    #[arg(long)]
+    pub bare_runc: bool,
+    /// The runc binary for `--bare-runc`; a bare name is looked up on `PATH`.
+    #[arg(long, default_value = "runc")]
+    pub runc: PathBuf,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -149,6 +160,27 @@ pub async fn run(args: PodsArgs) -> anyhow::Result<()> {
                 busy.saturating_sub(idle) as f64 / 1048576.0 / args.burst.max(1) as f64,
                 "MiB",
             );
+        }
+        if args.bare_runc {
+            // The pods' containers go first, so that the floor is measured on the same
+            // machine state the pods were.
+            pods.delete_collection(&DeleteParams::default(), &Default::default())
+                .await?;
+            wait_until_empty(&pods).await?;
+            let mut floor = BareRunc::prepare(&args.runc).await?;
+            report.row(Row::new(
+                "bare runc run --detach, one at a time",
+                "bare_runc_single",
+                floor.one_at_a_time(args.runs).await?,
+                None,
+            ));
+            let (burst, all) = floor.burst(args.burst).await?;
+            report.row(Row::new(
+                format!("bare runc run --detach, {} at once", args.burst),
+                "bare_runc_burst",
+                burst,
+                Some(all),
+            ));
         }
         anyhow::Ok(())
     }
