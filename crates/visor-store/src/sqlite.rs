@@ -170,6 +170,53 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// WAL frames beyond the checkpoint threshold that the pre-sized WAL also covers: the commit
+/// that crosses the threshold, and commits made while a checkpoint cannot yet restart the WAL.
+const WAL_SLACK_FRAMES: u64 = 64;
+
+/// Grows the write-ahead log to the size it reaches between checkpoints, with zeros actually
+/// written, so that commits overwrite blocks the file already has. A commit that appends
+/// instead makes `fdatasync` journal the file's new size and blocks as well: about twice as
+/// long on our disks (`dd oflag=dsync`: 0.22–0.25 ms per 4 KiB appended against 0.1 ms
+/// overwritten), for every commit until the log first wraps, i.e. for the first few MiB of
+/// writes after each start (SQLite removes the log when the last connection closes).
+/// PostgreSQL zero-fills new WAL segments for the same reason.
+///
+/// Safe because SQLite reads the log only up to the first frame whose salt does not match
+/// its header: zeros past the end are what a reset log's stale frames already are. Not
+/// `fallocate`: its unwritten extents would need the same journalled conversion on first
+/// write. The read in `open` before this has made SQLite create the file if it was missing.
+fn presize_wal(conn: &Connection, path: &Path) -> anyhow::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let pragma = |name: &str| -> rusqlite::Result<u64> {
+        let value: i64 = conn.pragma_query_value(None, name, |r| r.get(0))?;
+        Ok(value.max(0) as u64)
+    };
+    let (page_size, checkpoint_pages) = (pragma("page_size")?, pragma("wal_autocheckpoint")?);
+    const WAL_HEADER: u64 = 32;
+    const FRAME_HEADER: u64 = 24;
+    let target = WAL_HEADER + (checkpoint_pages + WAL_SLACK_FRAMES) * (FRAME_HEADER + page_size);
+    let mut wal_path = path.as_os_str().to_owned();
+    wal_path.push("-wal");
+    let Ok(mut wal) = std::fs::OpenOptions::new().write(true).open(&wal_path) else {
+        return Ok(());
+    };
+    let size = wal.metadata()?.len();
+    if size >= target {
+        return Ok(());
+    }
+    wal.seek(SeekFrom::Start(size))?;
+    let zeros = vec![0u8; 1 << 16];
+    let mut left = target - size;
+    while left > 0 {
+        let chunk = left.min(zeros.len() as u64) as usize;
+        wal.write_all(&zeros[..chunk])?;
+        left -= chunk as u64;
+    }
+    wal.sync_all()?;
+    Ok(())
+}
+
 /// Rebuilds the key index from the log.
 fn load_index(conn: &Connection) -> rusqlite::Result<KeyIndex> {
     let mut index = KeyIndex::default();
@@ -214,6 +261,7 @@ impl SqliteStore {
             conn.query_row(SQL_HEAD, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let current = current.max(compacted);
         let index = load_index(&conn)?;
+        presize_wal(&conn, path)?;
 
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),

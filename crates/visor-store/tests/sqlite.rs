@@ -155,6 +155,52 @@ fn reopen_keeps_state_history_and_compaction() {
     });
 }
 
+/// The write-ahead log is grown to its between-checkpoints size when the store opens (so that
+/// commits overwrite instead of append), on a new file and on every reopen (SQLite removes the
+/// log when the last connection closes), and the zeros past its frames change nothing of what
+/// is stored.
+#[test]
+fn write_ahead_log_is_presized_on_open_and_keeps_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let wal = dir.path().join("state.db-wal");
+    let wal_size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    // 1,000 pages of 4 KiB before a checkpoint, each with its frame header.
+    let between_checkpoints = 1000 * (4096 + 24);
+    for round in 0..3u32 {
+        let size_after_open = common::runtime().block_on(async {
+            let store = SqliteStore::open(&db).unwrap();
+            let size = wal_size();
+            for i in 0..40 {
+                store
+                    .create(&format!("/k/{round}/{i}"), Bytes::from(vec![b'v'; 300]))
+                    .await
+                    .unwrap();
+            }
+            for earlier in 0..=round {
+                let prefix = format!("/k/{earlier}/");
+                let listed = store
+                    .range(RangeRequest {
+                        prefix: &prefix,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    listed.kvs.len(),
+                    40,
+                    "round {earlier} after opening {round}"
+                );
+            }
+            size
+        });
+        assert!(
+            size_after_open > between_checkpoints,
+            "open {round}: the log is {size_after_open} bytes"
+        );
+    }
+}
+
 #[test]
 fn stalled_watcher_blocks_nobody_and_loses_nothing() {
     let (_dir, store) = common::sqlite();
