@@ -522,24 +522,7 @@ fn bench_pods_measures_pods_and_the_bare_runtime_and_leaves_nothing_behind() {
         .unwrap();
     let bench_pid = bench.id();
     let out = bench.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let metrics: std::collections::BTreeMap<String, f64> = stdout
-        .lines()
-        .map(|line| {
-            let metric: Value =
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-            assert_eq!(metric["bench"], "pods", "{line}");
-            (
-                metric["metric"].as_str().unwrap().to_string(),
-                metric["value"].as_f64().unwrap(),
-            )
-        })
-        .collect();
+    let metrics = common::bench_metrics(&out, "pods");
     for key in [
         "single_p50",
         "single_p99",
@@ -552,13 +535,13 @@ fn bench_pods_measures_pods_and_the_bare_runtime_and_leaves_nothing_behind() {
     ] {
         let value = metrics
             .get(key)
-            .unwrap_or_else(|| panic!("no {key}: {stdout}"));
+            .unwrap_or_else(|| panic!("no {key} in {metrics:?}"));
         assert!(*value > 0.0, "{key} = {value}");
     }
     // A container cannot be running before its runtime has started it.
     assert!(
         metrics["single_p50"] > metrics["bare_runc_single_p50"] / 2.0,
-        "{stdout}"
+        "{metrics:?}"
     );
 
     // The bare containers are gone with their cgroups, and the pods with their namespace.

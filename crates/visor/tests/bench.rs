@@ -158,24 +158,7 @@ fn bench_declarative_reports_apply_and_foreground_deletion() {
         .args(["--objects", "30", "--pods", "40", "--json"])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let metrics: BTreeMap<String, f64> = stdout
-        .lines()
-        .map(|line| {
-            let m: serde_json::Value =
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-            assert_eq!(m["bench"], "declarative", "{line}");
-            (
-                m["metric"].as_str().unwrap().to_string(),
-                m["value"].as_f64().unwrap(),
-            )
-        })
-        .collect();
+    let metrics = common::bench_metrics(&out, "declarative");
     for key in [
         "apply_create_throughput",
         "apply_create_p99",
@@ -185,7 +168,7 @@ fn bench_declarative_reports_apply_and_foreground_deletion() {
     ] {
         let value = metrics
             .get(key)
-            .unwrap_or_else(|| panic!("no {key} in:\n{stdout}"));
+            .unwrap_or_else(|| panic!("no {key} in {metrics:?}"));
         assert!(*value > 0.0, "{key} = {value}");
     }
     // The objects it applied went with its namespace.

@@ -131,10 +131,11 @@ impl BareRunc {
 
     /// Force-deletes every container started so far (runc removes its cgroups with it).
     fn remove_all(&mut self) {
+        let root = self.state_root();
         for id in self.started.drain(..) {
             let _ = std::process::Command::new(&self.runc)
                 .arg("--root")
-                .arg(self.work.path().join("state"))
+                .arg(&root)
                 .args(["delete", "--force", &id])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

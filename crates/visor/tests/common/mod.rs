@@ -554,6 +554,29 @@ pub fn header(output: &str) -> Vec<String> {
         .collect()
 }
 
+/// The metrics a `visor bench BENCH --json` run printed, by name; fails the test if the run
+/// failed or printed anything else.
+pub fn bench_metrics(out: &Output, bench: &str) -> std::collections::BTreeMap<String, f64> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(|line| {
+            let metric: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert_eq!(metric["bench"], bench, "{line}");
+            (
+                metric["metric"].as_str().unwrap().to_string(),
+                metric["value"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// Polls `probe` every 100 ms until it returns `Some`, failing the test after `timeout`.
 pub fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
