@@ -187,7 +187,7 @@ const WAL_SLACK_FRAMES: u64 = 64;
 /// `fallocate`: its unwritten extents would need the same journalled conversion on first
 /// write. The read in `open` before this has made SQLite create the file if it was missing.
 fn presize_wal(conn: &Connection, path: &Path) -> anyhow::Result<()> {
-    use std::io::{Seek, SeekFrom, Write};
+    use std::io::Read;
     let pragma = |name: &str| -> rusqlite::Result<u64> {
         let value: i64 = conn.pragma_query_value(None, name, |r| r.get(0))?;
         Ok(value.max(0) as u64)
@@ -198,21 +198,14 @@ fn presize_wal(conn: &Connection, path: &Path) -> anyhow::Result<()> {
     let target = WAL_HEADER + (checkpoint_pages + WAL_SLACK_FRAMES) * (FRAME_HEADER + page_size);
     let mut wal_path = path.as_os_str().to_owned();
     wal_path.push("-wal");
-    let Ok(mut wal) = std::fs::OpenOptions::new().write(true).open(&wal_path) else {
+    let Ok(mut wal) = std::fs::OpenOptions::new().append(true).open(&wal_path) else {
         return Ok(());
     };
     let size = wal.metadata()?.len();
     if size >= target {
         return Ok(());
     }
-    wal.seek(SeekFrom::Start(size))?;
-    let zeros = vec![0u8; 1 << 16];
-    let mut left = target - size;
-    while left > 0 {
-        let chunk = left.min(zeros.len() as u64) as usize;
-        wal.write_all(&zeros[..chunk])?;
-        left -= chunk as u64;
-    }
+    std::io::copy(&mut std::io::repeat(0).take(target - size), &mut wal)?;
     wal.sync_all()?;
     Ok(())
 }

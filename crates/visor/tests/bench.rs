@@ -158,19 +158,17 @@ fn bench_declarative_reports_apply_and_foreground_deletion() {
         .args(["--objects", "30", "--pods", "40", "--json"])
         .output()
         .unwrap();
-    let metrics = common::bench_metrics(&out, "declarative");
-    for key in [
-        "apply_create_throughput",
-        "apply_create_p99",
-        "apply_change_throughput",
-        "apply_change_p99",
-        "foreground_delete_seconds",
-    ] {
-        let value = metrics
-            .get(key)
-            .unwrap_or_else(|| panic!("no {key} in {metrics:?}"));
-        assert!(*value > 0.0, "{key} = {value}");
-    }
+    common::bench_metrics(
+        &out,
+        "declarative",
+        &[
+            "apply_create_throughput",
+            "apply_create_p99",
+            "apply_change_throughput",
+            "apply_change_p99",
+            "foreground_delete_seconds",
+        ],
+    );
     // The objects it applied went with its namespace.
     let left = server.ok(&[
         "get",

@@ -555,15 +555,19 @@ pub fn header(output: &str) -> Vec<String> {
 }
 
 /// The metrics a `visor bench BENCH --json` run printed, by name; fails the test if the run
-/// failed or printed anything else.
-pub fn bench_metrics(out: &Output, bench: &str) -> std::collections::BTreeMap<String, f64> {
+/// failed, printed anything else, or lacks one of `positive` or has it at zero or below.
+pub fn bench_metrics(
+    out: &Output,
+    bench: &str,
+    positive: &[&str],
+) -> std::collections::BTreeMap<String, f64> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "bench failed: {}\n{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
-    stdout
+    let metrics: std::collections::BTreeMap<String, f64> = stdout
         .lines()
         .map(|line| {
             let metric: serde_json::Value =
@@ -574,7 +578,14 @@ pub fn bench_metrics(out: &Output, bench: &str) -> std::collections::BTreeMap<St
                 metric["value"].as_f64().unwrap(),
             )
         })
-        .collect()
+        .collect();
+    for key in positive {
+        let value = metrics
+            .get(*key)
+            .unwrap_or_else(|| panic!("no {key} in {metrics:?}"));
+        assert!(*value > 0.0, "{key} = {value}");
+    }
+    metrics
 }
 
 /// Polls `probe` every 100 ms until it returns `Some`, failing the test after `timeout`.
